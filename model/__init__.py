@@ -1,0 +1,1 @@
+"""fundus-sex: model."""

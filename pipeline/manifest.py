@@ -1,0 +1,97 @@
+"""``manifest.json``: what the converter wrote, and how readers find it.
+
+Layout (all paths relative to the data directory)::
+
+    {
+      "format_version": 1,
+      "image_size": 512,                     # stored square size, pixels
+      "folds": 0,                            # K of --folds, 0 when none
+      "selection": "normal",                 # which eyes were written
+      "splits": {
+        "train": {"images": N, "patients": P, "male": M, "female": F,
+                  "normal_images": n,        # eyes whose keywords are exactly normal fundus
+                  "folds": {"0": N0, ...},   # images per fold (only with --folds)
+                  "shards": [{"path": "train-00000-of-00008.tfrecord",
+                              "records": R, "sha256": "..."}]},
+        "val": {...}, "test": {...}
+      },
+      "flags": {...},                        # the converter flags that shape the output
+      "sources": [{"annotations": "...", "sha256": "...", "format": "...",
+                   "images": "..."}],
+      "skipped": [{"file": "...", "patient_id": "...", "eye": "...", "reason": "..."}]
+    }
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+SPLITS = ("train", "val", "test")
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(data_dir: str) -> str:
+    return os.path.join(data_dir, MANIFEST_NAME)
+
+
+def load(data_dir: str) -> dict[str, Any]:
+    """Read ``DATA/manifest.json``; a clear error when it is missing or malformed."""
+    path = manifest_path(data_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path}: no manifest; is --data a fundus-convert output directory?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if "splits" not in manifest:
+        raise ValueError(f"{path}: no 'splits' key; not a fundus-convert manifest")
+    return manifest
+
+
+def dumps(manifest: dict[str, Any]) -> str:
+    """Canonical, byte-stable JSON text of a manifest."""
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def save(data_dir: str, manifest: dict[str, Any]) -> str:
+    """Write atomically (temporary name, then rename). Returns the path."""
+    path = manifest_path(data_dir)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(manifest))
+    os.replace(tmp, path)
+    return path
+
+
+def shard_paths(data_dir: str, manifest: dict[str, Any], split: str) -> list[str]:
+    """Absolute shard paths of one split, in manifest order (empty list for an empty split)."""
+    if split not in manifest["splits"]:
+        raise KeyError(f"{manifest_path(data_dir)}: no split {split!r}; "
+                       f"has {sorted(manifest['splits'])}")
+    return [os.path.join(data_dir, s["path"]) for s in manifest["splits"][split]["shards"]]
+
+
+def split_size(manifest: dict[str, Any], split: str) -> int:
+    """Number of records of a split."""
+    return int(sum(s["records"] for s in manifest["splits"].get(split, {}).get("shards", [])))
+
+
+def manifest_sha256(data_dir: str) -> str:
+    """sha256 of the manifest file (recorded by training in run.json)."""
+    return sha256_file(manifest_path(data_dir))
