@@ -147,14 +147,18 @@ def balanced_accuracy(y: Sequence[float], p: Sequence[float], threshold: float =
 def youden_threshold(y: Sequence[float], p: Sequence[float]) -> float:
     """Threshold maximising Youden's J = sensitivity + specificity - 1 for ``p >= t``.
 
-    Candidates are the distinct scores; among equal J the larger threshold wins. The
-    returned value is a probability in [0, 1] (``inf`` never: the all-negative rule has
-    J = 0, which the all-positive rule at ``min(p)`` ties). Raises with one class only.
+    Every ``t`` in ``(s_next, s]`` gives the same J, where ``s`` is the best distinct score
+    (the larger one among equal J) and ``s_next`` the next lower distinct score; the
+    midpoint ``(s + s_next) / 2`` is returned (``s`` itself when it is the lowest score),
+    a probability in [0, 1]. Raises ``ValueError`` with one class only.
     """
     fpr, tpr, thr = roc_curve(y, p)
     j = tpr[1:] - fpr[1:]
+    scores = thr[1:]                               # distinct scores, decreasing
     k = int(np.argmax(j))                          # first max = largest threshold
-    return float(thr[1:][k])
+    if k + 1 < scores.size:
+        return float((scores[k] + scores[k + 1]) / 2.0)
+    return float(scores[k])
 
 
 def brier(y: Sequence[float], p: Sequence[float]) -> float:

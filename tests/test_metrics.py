@@ -67,10 +67,16 @@ def test_threshold_metrics_hand_values():
 
 
 def test_youden_threshold():
-    # J at .8 = .5 - 0, at .4 = .5 - .5, at .35 = 1 - .5, at .1 = 0: tie -> larger, 0.8
-    assert M.youden_threshold(Y4, P4) == pytest.approx(0.8)
-    # Separable with a gap: the lowest positive score.
-    assert M.youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.6, 0.7]) == pytest.approx(0.6)
+    # J at .8 = .5 - 0, at .4 = .5 - .5, at .35 = 1 - .5, at .1 = 0: tie -> larger, .8;
+    # any t in (.4, .8] gives that J: the midpoint 0.6 is returned.
+    t = M.youden_threshold(Y4, P4)
+    assert t == pytest.approx(0.6)
+    assert M.sensitivity(Y4, P4, t) - (1 - M.specificity(Y4, P4, t)) == pytest.approx(0.5)
+    # Separable with a gap: midway between the lowest positive and highest negative score.
+    assert M.youden_threshold([0, 0, 1, 1], [0.1, 0.2, 0.6, 0.7]) == pytest.approx(0.4)
+    # Best J at the lowest score: that score.
+    assert M.youden_threshold([1, 0], [0.1, 0.9]) == pytest.approx(0.1)   # anti-correlated
+    assert M.youden_threshold([1, 0, 1], [0.1, 0.5, 0.9]) == pytest.approx(0.7)
 
 
 def test_roc_curve_endpoints():
