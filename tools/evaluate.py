@@ -1,0 +1,69 @@
+"""fundus-evaluate: honest numbers for a model or an ensemble on a converted split.
+
+    fundus-evaluate --data=DATA --model=RUN_DIR --output=EVAL_DIR [--split=test]
+                    [--tta=flip] [--bootstrap=2000] [--seed=0] [--batch_size=32]
+
+``--model`` is a model dir (``best.keras`` + ``run.json``), a ``.keras`` file, an ensemble
+dir (``fold_*/`` of ``fundus-train --cv``, or a dir of model dirs), or a comma list of
+these (one ensemble: probabilities averaged). Writes ``metrics.json``, ``predictions.csv``,
+``roc.png``, ``reliability.png`` and ``tensorboard/`` under ``--output``
+(see :mod:`model.evaluation`).
+"""
+from __future__ import annotations
+
+from tools import _common  # noqa: F401  (quiet TF logs before TF is imported)
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", None, "Converted data dir (fundus-convert output).")
+flags.DEFINE_string("split", "test", "Split to evaluate: train, val or test.")
+flags.DEFINE_list("model", None, "Model dir(s), .keras file(s) or an ensemble dir; a comma "
+                  "list forms one ensemble (mean probability).")
+flags.DEFINE_string("output", None, "Output dir for metrics.json, predictions.csv, plots, "
+                    "tensorboard/.")
+flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation: flip averages "
+                  "the image and its left-right mirror.")
+flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bound=1)
+flags.DEFINE_integer("bootstrap", 2000, "Patient-bootstrap resamples for the 95% CIs "
+                     "(0: no interval).", lower_bound=0)
+flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+flags.mark_flags_as_required(["data", "model", "output"])
+
+
+def _summary(m: dict) -> str:
+    def one(level: str) -> str:
+        d = m[level]
+        lo, hi = d["auc_ci95"]
+        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+        auc = f"{d['auc']:.3f}" if d["auc"] is not None else "undefined"
+        return (f"{level:7s} n={d['n']:5d}  AUC {auc}{ci}  "
+                f"acc@0.5 {d['at_0_5']['accuracy']:.3f}  "
+                f"bal.acc@Youden({d['at_youden']['threshold']:.3f}) "
+                f"{d['at_youden']['balanced_accuracy']:.3f}")
+    return "\n".join([one("image"), one("patient"),
+                      f"majority-class accuracy {m['majority_accuracy']:.3f}; "
+                      f"threshold from {m['threshold']['source']}"
+                      + (f" ({m['threshold']['note']})" if m["threshold"]["note"] else "")])
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    from model import evaluation  # noqa: PLC0415
+
+    try:
+        metrics = evaluation.evaluate(FLAGS.model, FLAGS.data, FLAGS.split, FLAGS.output,
+                                      tta=FLAGS.tta, batch_size=FLAGS.batch_size,
+                                      bootstrap=FLAGS.bootstrap, seed=FLAGS.seed)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        logging.error("fundus-evaluate: %s", e)
+        return 1
+    logging.info("wrote %s", FLAGS.output)
+    print(_summary(metrics))
+    return 0
+
+
+run = _common.entry(main)
+
+if __name__ == "__main__":
+    run()
