@@ -103,3 +103,11 @@ def test_signal_is_the_only_sex_difference():
     # the male disc is brighter: the brightest patch gains
     assert male1.astype(float).sum(-1).max() > female.astype(float).sum(-1).max()
     assert male1.astype(float).mean() > female.astype(float).mean()
+
+
+def test_workers_do_not_change_the_images(tmp_path):
+    kw = dict(n_patients=3, size_range=SIZE, seed=2, formats=("full_df",))
+    a = synth.make_synthetic(str(tmp_path / "a"), workers=1, **kw)
+    b = synth.make_synthetic(str(tmp_path / "b"), workers=2, **kw)
+    assert _digest(a["images"]) == _digest(b["images"])
+    assert len(os.listdir(a["images"])) == 6

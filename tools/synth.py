@@ -260,7 +260,8 @@ def render_fundus(width: int, height: int, male: bool, eye: str, keywords: str,
         out = out.resize((W, H), Image.BICUBIC)
     # sensor grain at full resolution (dark surround stays within 0..6)
     grain = np.random.default_rng(grain_seed).integers(0, 7, (H, W, 1), dtype=np.uint8)
-    return np.asarray(out).astype(np.uint8) + np.minimum(grain, 255 - np.asarray(out))
+    rgb = np.asarray(out, dtype=np.uint8)
+    return rgb + np.minimum(grain, 255 - rgb)
 
 
 def _lesions(img: np.ndarray, keywords: str, R: float, centre, macula,
@@ -528,11 +529,14 @@ def main(argv: list[str]) -> int:
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {' '.join(argv[1:])}")
-    out = make_synthetic(FLAGS.output, n_patients=FLAGS.patients, formats=FLAGS.formats,
-                         signal=FLAGS.signal, seed=FLAGS.seed,
-                         size_range=(FLAGS.min_width, FLAGS.max_width),
-                         normal_fraction=FLAGS.normal_fraction, workers=FLAGS.workers,
-                         overwrite=FLAGS.overwrite)
+    try:
+        out = make_synthetic(FLAGS.output, n_patients=FLAGS.patients, formats=FLAGS.formats,
+                             signal=FLAGS.signal, seed=FLAGS.seed,
+                             size_range=(FLAGS.min_width, FLAGS.max_width),
+                             normal_fraction=FLAGS.normal_fraction, workers=FLAGS.workers,
+                             overwrite=FLAGS.overwrite)
+    except (ValueError, FileExistsError) as e:
+        raise SystemExit(f"fundus-synth: {e}") from None
     n_eyes = 2 * FLAGS.patients
     n_normal = sum(_is_normal(p[f"{e}_kw"]) for p in out["patients"] for e in ("left", "right"))
     print(f"wrote {n_eyes} images ({n_normal} normal eyes) of {FLAGS.patients} patients to "
