@@ -177,6 +177,7 @@ def test_read_many_conflicts_and_duplicates(tmp_path):
         A.read_many([a, c])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(DEV), reason="real data absent")
 def test_real_full_df_and_per_patient_agree():
     full = A.read_annotations(os.path.join(DEV, "full_df.csv"))

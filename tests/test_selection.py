@@ -78,6 +78,7 @@ def test_empty_filename_is_a_skip_and_bad_mode_errors():
         S.select(TABLE, "healthy")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(DEV), reason="real data absent")
 def test_dev_full_df_acceptance_counts():
     kept, skipped = S.select(A.read_annotations(os.path.join(DEV, "full_df.csv")), "normal")
