@@ -1,0 +1,636 @@
+"""ODIR-5K annotations + photos -> sharded TFRecords + ``manifest.json`` (fundus-convert).
+
+Flow of :func:`convert`:
+
+1. read the annotation sources (:func:`pipeline.annotations.read_many`), select eyes
+   (:func:`pipeline.selection.select`), assign patient-disjoint splits and folds
+   (:mod:`pipeline.splits`; a split given by the source wins);
+2. plan the shards: per split, the eyes sorted by patient and eye, shuffled per sex by
+   ``seed``, then dealt round-robin, males first and females continuing from the same
+   cursor, so every shard holds both sexes (when the split has at least as many eyes of
+   each sex as shards) and shard sizes differ by at most one; inside a shard the two sexes
+   are interleaved in proportion. Names ``{split}-{i:05d}-of-{n:05d}.tfrecord``;
+3. fingerprint the inputs (sha256 of every annotation file and every photo, plus the
+   flags that shape the output and the Pillow/libjpeg versions) and compare it with what
+   the output directory holds: a finished conversion of the same inputs is "up to date"
+   (nothing is written); a killed one is resumed (shards completed and recorded in
+   ``.fundus-convert-progress.json`` with a matching sha256 are kept, the rest rewritten);
+   output from other inputs or flags is refused unless ``overwrite``;
+4. prepare the photos in a process pool (:func:`pipeline.fundus.prepare_file`, ordered
+   ``imap``), write each shard under ``NAME.tmp`` and ``os.replace`` it when complete;
+   a photo that fails is a listed skip with its reason;
+5. write ``manifest.json`` (:mod:`pipeline.manifest`) atomically and drop the progress file.
+
+Every byte of the output is a function of the inputs and the output-shaping flags (not
+of ``workers``), so an interrupted run that is started again ends byte-identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline import annotations as annotations_lib
+from pipeline import fundus
+from pipeline import manifest as manifest_lib
+from pipeline import selection as selection_lib
+from pipeline import splits as splits_lib
+
+FORMAT_VERSION = 1
+PROGRESS_NAME = ".fundus-convert-progress.json"
+SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
+#: Aim for shards of about this many bytes (estimated, see :func:`estimate_image_bytes`).
+TARGET_SHARD_BYTES = 150 * 1024 * 1024
+#: Smallest number of train shards (fewer only when there are fewer eyes of a sex).
+MIN_TRAIN_SHARDS = 8
+#: Smallest output size, pixels.
+MIN_IMAGE_SIZE = 32
+
+
+class ConvertError(RuntimeError):
+    """A conversion that cannot start (bad flags, refused output directory)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertConfig:
+    """Everything :func:`convert` needs.
+
+    annotations: annotation files (csv/xlsx) or class-folder trees, in order.
+    images: image folders, one for all annotations or one per annotation (paired in
+      order); a class-folder tree defaults to itself. Required for annotation files.
+    output: output directory (created).
+    image_size: stored square side, pixels (>= 32).
+    jpeg_quality: 1..100.
+    split: (train, val, test) fractions or ``"0.7,0.15,0.15"``; a source's own split wins.
+    seed: splits, folds and record order.
+    folds: K >= 2 cross-validation folds over the non-test patients, 0 for none.
+    selection: ``normal`` | ``normal_or_quality`` | ``all`` (:mod:`pipeline.selection`).
+    num_shards: shards per split (int, or ``(train, val, test)``); None: automatic
+      (~150 MB a shard, >= 8 for train, >= 1 for val/test; never more than the split's
+      eyes of its rarer sex, or its eyes when it holds one sex).
+    workers: processes preparing photos (default: all cores); does not change output.
+    strict: the caller should fail when anything was skipped (recorded, not enforced here).
+    overwrite: replace an output directory made from other inputs or flags.
+    progress: a progress line on stderr about once a second.
+    """
+
+    annotations: Sequence[str]
+    images: Sequence[str] = ()
+    output: str = ""
+    image_size: int = 512
+    jpeg_quality: int = 95
+    split: Sequence[float] | str = (0.7, 0.15, 0.15)
+    seed: int = 0
+    folds: int = 0
+    selection: str = "normal"
+    num_shards: int | Sequence[int] | None = None
+    workers: int | None = None
+    strict: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("annotations", "images"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            object.__setattr__(self, name, tuple(os.fspath(v) for v in value))
+        if not isinstance(self.split, str):
+            object.__setattr__(self, "split", tuple(float(v) for v in self.split))
+
+
+@dataclasses.dataclass
+class Result:
+    """What :func:`convert_with_status` did: ``status`` is ``"converted"``, ``"resumed"``
+    or ``"up to date"``; ``seconds`` wall time; ``processed`` photos prepared this run."""
+
+    manifest: dict[str, Any]
+    status: str
+    seconds: float
+    processed: int
+
+
+# ---------------------------------------------------------------------------- planning
+
+def _natural_key(pid: str) -> tuple:
+    return (0, int(pid), "") if pid.isdigit() else (1, 0, pid)
+
+
+def estimate_image_bytes(image_size: int, jpeg_quality: int) -> int:
+    """Rough JPEG size of one stored fundus (bytes): 0.12 B/px at quality <= 75 rising to
+    0.35 B/px at 100 (odir5k-dev at 512 px, quality 95: 61 kB measured, 0.23 B/px;
+    the estimate is kept on the high side so shards stay under ~200 MB)."""
+    bpp = 0.12 + 0.23 * max(0.0, min(1.0, (jpeg_quality - 75) / 25.0)) ** 2
+    return int(image_size * image_size * bpp) + 600  # + the record's other features
+
+
+def auto_num_shards(split: str, n: int, n_male: int, n_female: int, image_size: int,
+                    jpeg_quality: int) -> int:
+    """Shards for a split of ``n`` eyes: ~:data:`TARGET_SHARD_BYTES` each, at least
+    :data:`MIN_TRAIN_SHARDS` for train and 1 otherwise, capped so each shard can hold
+    both sexes (at most the count of the rarer sex when both are present)."""
+    if n == 0:
+        return 0
+    want = math.ceil(n * estimate_image_bytes(image_size, jpeg_quality) / TARGET_SHARD_BYTES)
+    want = max(want, MIN_TRAIN_SHARDS if split == "train" else 1)
+    cap = min(n_male, n_female) if n_male and n_female else n
+    return max(1, min(want, cap))
+
+
+def shard_name(split: str, i: int, n: int) -> str:
+    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
+
+
+def _interleave(males: list, females: list) -> list:
+    """Merge two lists keeping each in order, spread in proportion (males first on ties)."""
+    keyed = [((i + 0.5) / len(males), 0, i, v) for i, v in enumerate(males)]
+    keyed += [((i + 0.5) / len(females), 1, i, v) for i, v in enumerate(females)]
+    return [v for *_, v in sorted(keyed, key=lambda t: t[:3])]
+
+
+def deal_shards(table: pd.DataFrame, n_shards: int, seed: int, salt: int) -> list[list]:
+    """Index labels of ``table`` (one split) dealt into ``n_shards`` lists (see module)."""
+    if n_shards == 0:
+        return []
+    order = sorted(table.index, key=lambda i: (_natural_key(table.at[i, "patient_id"]),
+                                               table.at[i, "eye"]))
+    rng = np.random.default_rng([seed, salt])
+    groups = {}
+    for sex in ("male", "female"):
+        members = [i for i in order if table.at[i, "sex"] == sex]
+        groups[sex] = [members[j] for j in rng.permutation(len(members))]
+    per_shard: list[dict[str, list]] = [{"male": [], "female": []} for _ in range(n_shards)]
+    cursor = 0
+    for sex in ("male", "female"):
+        for i in groups[sex]:
+            per_shard[cursor % n_shards][sex].append(i)
+            cursor += 1
+    return [_interleave(s["male"], s["female"]) for s in per_shard]
+
+
+def _num_shards_for(cfg: ConvertConfig, split_index: int) -> int | None:
+    if cfg.num_shards is None:
+        return None
+    if isinstance(cfg.num_shards, int):
+        return cfg.num_shards
+    return int(list(cfg.num_shards)[split_index])
+
+
+@dataclasses.dataclass
+class Shard:
+    split: str
+    name: str
+    rows: list  # index labels of the eye table
+
+
+def plan(table: pd.DataFrame, cfg: ConvertConfig) -> dict[str, list[Shard]]:
+    """Shards of every split (an empty list for an empty split)."""
+    out: dict[str, list[Shard]] = {}
+    for k, split in enumerate(manifest_lib.SPLITS):
+        part = table[table["split"] == split]
+        n_male = int((part["sex"] == "male").sum())
+        n_female = int((part["sex"] == "female").sum())
+        n = _num_shards_for(cfg, k)
+        if n is None:
+            n = auto_num_shards(split, len(part), n_male, n_female, cfg.image_size,
+                                cfg.jpeg_quality)
+        else:
+            n = max(1, min(n, len(part))) if len(part) else 0
+        dealt = deal_shards(part, n, cfg.seed, k)
+        out[split] = [Shard(split, shard_name(split, i, n), rows) for i, rows in enumerate(dealt)]
+    return out
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def image_dirs(cfg: ConvertConfig) -> dict[str, str]:
+    """Annotation source -> images folder (see :class:`ConvertConfig`)."""
+    anns, imgs = cfg.annotations, cfg.images
+    if not anns:
+        raise ConvertError("--annotations: no annotation file given")
+    if len(imgs) not in (0, 1, len(anns)):
+        raise ConvertError(f"--images: give one folder for all annotations or one per "
+                           f"annotation ({len(anns)}), got {len(imgs)}")
+    out = {}
+    for i, ann in enumerate(anns):
+        if imgs:
+            folder = imgs[0] if len(imgs) == 1 else imgs[i]
+        elif os.path.isdir(ann):
+            folder = ann
+        else:
+            raise ConvertError(f"--images is required for annotation file {ann}")
+        if not os.path.isdir(folder):
+            raise ConvertError(f"--images: {folder} is not a folder")
+        out[ann] = folder
+    return out
+
+
+def _sha256_bytes(path: str) -> str:
+    """sha256 of a file, or ``"missing"`` when it cannot be read (pool task)."""
+    try:
+        return manifest_lib.sha256_file(path)
+    except OSError:
+        return "missing"
+
+
+def _prepare_task(task: tuple[str, int, int]) -> tuple[bytes | None, str | None]:
+    """Pool task: (path, size, quality) -> (jpeg, None) or (None, reason)."""
+    path, size, quality = task
+    try:
+        return fundus.prepare_file(path, size, quality), None
+    except fundus.FundusError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - an unexpected failure is a listed skip too
+        return None, f"unexpected error: {type(e).__name__}: {e}"
+
+
+def _bound_task(task: tuple[str, int, int]) -> int:
+    """Pool task of :func:`bench_bound`: the work only, nothing sent back but a length."""
+    path, size, quality = task
+    try:
+        return len(fundus.prepare_file(path, size, quality))
+    except fundus.FundusError:
+        return 0
+
+
+def output_flags(cfg: ConvertConfig, fractions: tuple[float, float, float]) -> dict[str, Any]:
+    """The flags recorded in the manifest (those that shape the output, and the sources)."""
+    return {"annotations": list(cfg.annotations), "images": list(cfg.images),
+            "image_size": cfg.image_size, "jpeg_quality": cfg.jpeg_quality,
+            "split": list(fractions), "seed": cfg.seed, "folds": cfg.folds,
+            "selection": cfg.selection,
+            "num_shards": (cfg.num_shards if cfg.num_shards is None
+                           or isinstance(cfg.num_shards, int) else list(cfg.num_shards))}
+
+
+def software() -> dict[str, str]:
+    """Versions whose change changes the output bytes."""
+    import PIL
+    from PIL import features
+    return {"pillow": PIL.__version__, "libjpeg": str(features.version("jpg"))}
+
+
+def fingerprint(flags: dict[str, Any], source_shas: list[str], image_shas: list[str],
+                files: list[str]) -> str:
+    """sha256 over what determines the output: output-shaping flags (not paths), the
+    annotation files' and photos' contents, the photo names, and :func:`software`."""
+    shaping = {k: v for k, v in flags.items() if k not in ("annotations", "images")}
+    doc = {"format_version": FORMAT_VERSION, "flags": shaping, "sources": source_shas,
+           "images": [[f, s] for f, s in zip(files, image_shas)], "software": software()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- output dir
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: str, doc: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(manifest_lib.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _ours(name: str) -> bool:
+    return bool(SHARD_RE.match(name)) or name in (
+        manifest_lib.MANIFEST_NAME, manifest_lib.MANIFEST_NAME + ".tmp", PROGRESS_NAME,
+        PROGRESS_NAME + ".tmp")
+
+
+def _clear(output: str) -> None:
+    """Delete this converter's files (never anything else) from ``output``."""
+    for name in os.listdir(output):
+        if _ours(name):
+            os.remove(os.path.join(output, name))
+
+
+def _shard_ok(output: str, entry: dict) -> bool:
+    path = os.path.join(output, entry["path"])
+    return os.path.isfile(path) and manifest_lib.sha256_file(path) == entry["sha256"]
+
+
+def _up_to_date(output: str, manifest: dict, fp: str) -> bool:
+    if manifest.get("fingerprint") != fp:
+        return False
+    return all(_shard_ok(output, s) for split in manifest["splits"].values()
+               for s in split["shards"])
+
+
+# ---------------------------------------------------------------------------- progress
+
+class _Progress:
+    """A one-line progress report on stderr, refreshed about once a second (on a terminal;
+    a new line every 10 s otherwise)."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.enabled = total, enabled and total > 0
+        self.stream = stream or sys.stderr
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.start = self.last = time.monotonic()
+        self.done = self.skipped = 0
+
+    def update(self, done: int, skipped: int, force: bool = False) -> None:
+        self.done, self.skipped = done, skipped
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < (1.0 if self.tty else 10.0)):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        width = 30
+        filled = int(width * done / self.total)
+        line = (f"fundus-convert [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
+                f"photos, {rate:.1f}/s, {skipped} skipped, eta {eta:.0f}s")
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(self.done, self.skipped, force=True)
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()
+
+
+# ---------------------------------------------------------------------------- running
+
+def _pool(workers: int):
+    """A worker pool, or None to work in-process (one worker)."""
+    if workers <= 1:
+        return None
+    return multiprocessing.get_context("fork").Pool(workers)
+
+
+def _imap(pool, fn: Callable, tasks: list, chunksize: int) -> Iterator:
+    if pool is None:
+        return map(fn, tasks)
+    return pool.imap(fn, tasks, chunksize=chunksize)
+
+
+def _chunksize(n: int, workers: int) -> int:
+    return max(1, min(16, n // max(1, workers * 16)))
+
+
+#: Test hook: called with the shard name after each shard is renamed into place.
+_after_shard: Callable[[str], None] = lambda name: None  # noqa: E731
+
+
+def _eye_record(row: pd.Series, jpeg: bytes, size: int):
+    from pipeline import schema  # TensorFlow: imported in the parent only, after the fork
+    return schema.EyeRecord(
+        jpeg=jpeg, size=size, filename=str(row["filename"]),
+        patient_id=str(row["patient_id"]), age=int(row["age"]),
+        sex=schema.SEX_MALE if row["sex"] == "male" else schema.SEX_FEMALE,
+        eye=str(row["eye"]), keywords=", ".join(selection_lib.parse_keywords(row["keywords"])),
+        normal=bool(row["normal"]), fold=int(row["fold"]))
+
+
+def _split_summary(table: pd.DataFrame, written: list, folds: int) -> dict[str, Any]:
+    part = table.loc[written] if written else table.iloc[0:0]
+    entry = {"images": int(len(part)), "patients": int(part["patient_id"].nunique()),
+             "male": int((part["sex"] == "male").sum()),
+             "female": int((part["sex"] == "female").sum()),
+             "normal_images": int(part["normal"].sum()) if len(part) else 0}
+    if folds:
+        entry["folds"] = {str(k): int((part["fold"] == k).sum()) for k in range(folds)}
+    return entry
+
+
+def load_table(cfg: ConvertConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str], tuple]:
+    """Annotations -> (kept eyes with split/fold/path, selection skips, formats, fractions)."""
+    dirs = image_dirs(cfg)
+    fractions = splits_lib.parse_fractions(cfg.split if isinstance(cfg.split, str)
+                                           else list(cfg.split))
+    table = annotations_lib.read_many(list(cfg.annotations))
+    formats = list(table.attrs.get("formats") or [table.attrs.get("format")] *
+                   len(cfg.annotations))
+    kept, skipped = selection_lib.select(table, cfg.selection)
+    kept = kept.copy()
+    kept["split"] = splits_lib.assign_splits(kept, fractions, cfg.seed)
+    kept["fold"] = splits_lib.assign_folds(kept, cfg.folds, cfg.seed)
+    kept["path"] = [os.path.join(dirs[s], f) for s, f in zip(kept["source"], kept["filename"])]
+    return kept, skipped, formats, fractions
+
+
+def convert_with_status(cfg: ConvertConfig) -> Result:
+    """Run a conversion (see the module doc). Raises :class:`ConvertError` for bad flags
+    or a refused output directory, ``AnnotationError`` for unusable annotation files."""
+    t0 = time.monotonic()
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConvertError(f"--image_size={cfg.image_size}: must be >= {MIN_IMAGE_SIZE}")
+    if not 1 <= cfg.jpeg_quality <= 100:
+        raise ConvertError(f"--jpeg_quality={cfg.jpeg_quality}: must be 1..100")
+    if not cfg.output:
+        raise ConvertError("--output: no output directory given")
+    if cfg.num_shards is not None:
+        counts = [cfg.num_shards] if isinstance(cfg.num_shards, int) else list(cfg.num_shards)
+        if len(counts) not in (1, 3) or any(int(c) < 1 for c in counts):
+            raise ConvertError(f"--num_shards={cfg.num_shards}: one count >= 1, or three "
+                               f"(train,val,test)")
+    workers = int(cfg.workers or os.cpu_count() or 1)
+    if workers < 1:
+        raise ConvertError(f"--workers={cfg.workers}: must be >= 1")
+    try:
+        kept, sel_skipped, formats, fractions = load_table(cfg)
+    except ValueError as e:
+        if isinstance(e, annotations_lib.AnnotationError):
+            raise
+        raise ConvertError(str(e)) from e
+    shards = plan(kept, cfg)
+    order = [sh for split in manifest_lib.SPLITS for sh in shards[split]]
+    flags = output_flags(cfg, fractions)
+    dirs = image_dirs(cfg)
+
+    pool = _pool(workers)
+    try:
+        source_shas = [manifest_lib.sha256_file(a) if os.path.isfile(a) else "folder"
+                       for a in cfg.annotations]
+        files = [kept.at[i, "path"] for sh in order for i in sh.rows]
+        rel = [f"{kept.at[i, 'split']}/{kept.at[i, 'patient_id']}/{kept.at[i, 'eye']}/"
+               f"{kept.at[i, 'filename']}" for sh in order for i in sh.rows]
+        shas = list(_imap(pool, _sha256_bytes, files, _chunksize(len(files), workers)))
+        fp = fingerprint(flags, source_shas, shas, rel)
+        state, payload = _prepare_output(cfg, fp)
+        if state == "up to date":
+            return Result(payload, "up to date", time.monotonic() - t0, 0)
+        completed: dict[str, dict] = payload
+        status = "resumed" if completed else "converted"
+        progress_path = os.path.join(cfg.output, PROGRESS_NAME)
+        progress_doc = {"fingerprint": fp, "completed": completed}
+        _write_json_atomic(progress_path, progress_doc)
+
+        todo = [sh for sh in order if sh.name not in completed]
+        tasks = [(kept.at[i, "path"], cfg.image_size, cfg.jpeg_quality)
+                 for sh in todo for i in sh.rows]
+        bar = _Progress(len(tasks), cfg.progress)
+        results = _imap(pool, _prepare_task, tasks, _chunksize(len(tasks), workers))
+        n_done = n_skip = 0
+        import tensorflow as tf  # noqa: PLC0415 - after the fork (workers stay TF-free)
+        from pipeline import schema  # noqa: PLC0415
+        for sh in todo:
+            final = os.path.join(cfg.output, sh.name)
+            tmp = final + ".tmp"
+            written, skipped = [], []
+            with tf.io.TFRecordWriter(tmp) as w:
+                for i in sh.rows:
+                    jpeg, reason = next(results)
+                    n_done += 1
+                    if jpeg is None:
+                        n_skip += 1
+                        skipped.append(_skip_entry(kept.loc[i], reason))
+                    else:
+                        w.write(schema.encode_example(
+                            _eye_record(kept.loc[i], jpeg, cfg.image_size)))
+                        written.append(i)
+                    bar.update(n_done, n_skip)
+            os.replace(tmp, final)
+            completed[sh.name] = {"records": len(written), "written": [_key(kept, i)
+                                                                     for i in written],
+                                  "sha256": manifest_lib.sha256_file(final),
+                                  "skipped": skipped}
+            _write_json_atomic(progress_path, progress_doc)
+            _after_shard(sh.name)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+
+    manifest = _build_manifest(cfg, kept, sel_skipped, shards, completed, flags, formats,
+                               source_shas, dirs, fp)
+    manifest_lib.save(cfg.output, manifest)
+    os.remove(progress_path)
+    return Result(manifest, status, time.monotonic() - t0, len(tasks))
+
+
+def _key(table: pd.DataFrame, i) -> str:
+    return f"{table.at[i, 'patient_id']}/{table.at[i, 'eye']}"
+
+
+def _skip_entry(row: pd.Series, reason: str) -> dict[str, Any]:
+    return {"file": str(row["path"]), "patient_id": str(row["patient_id"]),
+            "eye": str(row["eye"]), "split": str(row["split"]), "reason": reason}
+
+
+def _prepare_output(cfg: ConvertConfig, fp: str) -> tuple[str, dict]:
+    """Check (and, where allowed, clear) the output directory.
+
+    Returns ``("up to date", manifest)`` for a finished conversion of the same inputs and
+    flags, else ``("go", completed)``: the shards (name -> progress entry) that a killed
+    run of the same inputs completed and that still match their sha256 (possibly none).
+    Raises :class:`ConvertError` for a directory made from something else, unless
+    ``cfg.overwrite``."""
+    out = cfg.output
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConvertError(f"--output={out}: exists and is not a folder")
+    os.makedirs(out, exist_ok=True)
+    names = sorted(os.listdir(out))
+    man_path = manifest_lib.manifest_path(out)
+    prog_path = os.path.join(out, PROGRESS_NAME)
+    prog = _read_json(prog_path) if os.path.exists(prog_path) else None
+    manifest = _read_json(man_path) if os.path.exists(man_path) else None
+    if manifest is not None and manifest.get("fingerprint") == fp and "splits" in manifest:
+        if _up_to_date(out, manifest, fp):
+            if prog is not None:  # killed between saving the manifest and cleaning up
+                os.remove(prog_path)
+            return "up to date", manifest
+        _clear(out)  # damaged output of the same inputs: rebuilt
+        return "go", {}
+    theirs = None
+    if manifest is not None and prog is None:
+        theirs = "was made from other inputs or flags"
+    elif prog is not None and prog.get("fingerprint") != fp:
+        theirs = "holds an unfinished conversion of other inputs or flags"
+    elif prog is None and names:
+        theirs = ("holds converter files without a manifest" if any(map(_ours, names))
+                  else "is not empty and is not a fundus-convert output directory")
+    if theirs:
+        if not cfg.overwrite:
+            raise ConvertError(f"--output={out} {theirs}; pass --overwrite to replace it "
+                               f"(only the converter's own files are deleted)")
+        _clear(out)
+        return "go", {}
+    completed = {}
+    for name, entry in ((prog or {}).get("completed") or {}).items():
+        if _shard_ok(out, {"path": name, "sha256": entry.get("sha256")}):
+            completed[name] = entry
+    for name in names:  # partial shards, temporaries, a stale manifest
+        if _ours(name) and name not in completed and name != PROGRESS_NAME:
+            os.remove(os.path.join(out, name))
+    return "go", completed
+
+
+def _build_manifest(cfg, kept, sel_skipped, shards, completed, flags, formats, source_shas,
+                    dirs, fp) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    image_skips: list[dict] = []
+    by_key = {_key(kept, i): i for i in kept.index}
+    for split in manifest_lib.SPLITS:
+        written, entries = [], []
+        for sh in shards[split]:
+            c = completed[sh.name]
+            written += [by_key[k] for k in c["written"]]
+            image_skips += c["skipped"]
+            entries.append({"path": sh.name, "records": c["records"], "sha256": c["sha256"]})
+        entry = _split_summary(kept, written, cfg.folds)
+        entry["skipped"] = sum(len(completed[sh.name]["skipped"]) for sh in shards[split])
+        entry["shards"] = entries
+        splits[split] = entry
+    sel = [{"file": str(r["filename"]), "patient_id": str(r["patient_id"]),
+            "eye": str(r["eye"]), "source": str(r["source"]), "row": int(r["row"]),
+            "reason": str(r["reason"])} for _, r in sel_skipped.iterrows()]
+    sources = [{"annotations": a, "sha256": s, "format": f, "images": dirs[a]}
+               for a, s, f in zip(cfg.annotations, source_shas, formats)]
+    return {"format_version": FORMAT_VERSION, "image_size": cfg.image_size,
+            "folds": cfg.folds, "selection": cfg.selection, "splits": splits,
+            "flags": flags, "sources": sources, "skipped": sel + image_skips,
+            "fingerprint": fp, "software": software()}
+
+
+def convert(cfg: ConvertConfig) -> dict[str, Any]:
+    """Run a conversion and return its manifest (see :func:`convert_with_status`)."""
+    return convert_with_status(cfg).manifest
+
+
+# ---------------------------------------------------------------------------- bound
+
+def bench_bound(paths: Iterable[str], image_size: int, jpeg_quality: int,
+                workers: int | None = None) -> dict[str, float]:
+    """The conversion's upper bound: :func:`pipeline.fundus.prepare_file` (decode + crop +
+    resize + encode) over ``paths`` on ``workers`` processes (default all cores), nothing
+    else (no hashing, no transfer of the JPEGs, no TFRecord writing).
+
+    Returns ``{"images", "seconds", "images_per_s"}`` (pool start-up excluded)."""
+    paths = list(paths)
+    workers = int(workers or os.cpu_count() or 1)
+    tasks = [(p, image_size, jpeg_quality) for p in paths]
+    pool = _pool(workers)
+    try:
+        t = time.monotonic()
+        for _ in (map(_bound_task, tasks) if pool is None else
+                  pool.imap_unordered(_bound_task, tasks, chunksize=_chunksize(len(tasks),
+                                                                               workers))):
+            pass
+        seconds = time.monotonic() - t
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return {"images": len(tasks), "seconds": seconds,
+            "images_per_s": len(tasks) / seconds if seconds > 0 else float("inf")}

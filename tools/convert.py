@@ -1,0 +1,147 @@
+"""fundus-convert: ODIR-5K annotations + photos -> sharded TFRecords + manifest.json.
+
+    fundus-convert --annotations=ODIR/full_df.csv --images=ODIR/preprocessed_images \\
+        --output=data/odir512
+
+Exit status: 0 when converted or up to date; 1 when nothing was converted, or with
+``--strict`` when any input was skipped (the output is still written and lists why);
+2 for bad flags, unreadable annotations or a refused output directory.
+``--bench_bound`` also times the bare decode + crop + resize + encode of the same photos
+on all workers (before and after the conversion) and prints the ratio.
+"""
+from __future__ import annotations
+
+from tools import _common  # noqa: F401  (quiet TF logs first)
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    flags.DEFINE_list("annotations", None, "Annotation files (csv/xlsx: per-patient ODIR-5K, "
+                      "full_df.csv, OIA-ODIR workbooks) or {split}/{sex}/ folder trees, "
+                      "comma-separated; format detected per file.")
+    flags.DEFINE_list("images", [], "Image folders: one for all annotations, or one per "
+                      "annotation in the same order (a folder tree defaults to itself).")
+    flags.DEFINE_string("output", None, "Output directory (shards + manifest.json).")
+    flags.DEFINE_integer("image_size", 512, "Stored square size, pixels (>= 32).")
+    flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored crops, 1..100.")
+    flags.DEFINE_string("split", "0.7,0.15,0.15", "train,val,test patient fractions (zeros "
+                        "allowed); a split given by the source (OIA-ODIR, folder tree) wins.")
+    flags.DEFINE_integer("seed", 0, "Seed of the splits, folds and record order.")
+    flags.DEFINE_integer("folds", 0, "K >= 2: cross-validation folds over train+val "
+                         "patients; 0: none.")
+    flags.DEFINE_enum("selection", "normal", ["normal", "normal_or_quality", "all"],
+                      "Which eyes: keywords exactly 'normal fundus'; plus image-quality "
+                      "notes; or every eye (records carry normal=0/1).")
+    flags.DEFINE_list("num_shards", None, "Shards per split: N for every split or "
+                      "train,val,test; default automatic (~150 MB each, >= 8 for train).")
+    flags.DEFINE_integer("workers", None, "Processes preparing photos (default: all cores).")
+    flags.DEFINE_bool("strict", False, "Exit 1 when any input was skipped.")
+    flags.DEFINE_bool("overwrite", False, "Replace an output directory made from other "
+                      "inputs or flags (only the converter's files are deleted).")
+    flags.DEFINE_bool("progress", True, "Progress line on stderr.")
+    flags.DEFINE_bool("bench_bound", False, "Also time the bare fundus preparation of the "
+                      "same photos (the conversion's bound) and print the ratio.")
+
+
+def _num_shards(values: list[str] | None):
+    if not values:
+        return None
+    try:
+        counts = [int(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--num_shards={','.join(values)}: integers expected") from None
+    if len(counts) not in (1, 3):
+        raise app.UsageError("--num_shards: one count, or three (train,val,test)")
+    return counts[0] if len(counts) == 1 else tuple(counts)
+
+
+def summary_table(manifest: dict) -> str:
+    """Plain-text table of a manifest's splits."""
+    head = f"{'split':<6} {'images':>7} {'patients':>8} {'male':>6} {'female':>6} " \
+           f"{'normal':>6} {'skipped':>7} {'shards':>6}"
+    lines = [head, "-" * len(head)]
+    tot = dict.fromkeys(("images", "patients", "male", "female", "normal_images",
+                         "skipped", "shards"), 0)
+    for split, s in manifest["splits"].items():
+        row = {**s, "shards": len(s["shards"]), "skipped": s.get("skipped", 0)}
+        for k in tot:
+            tot[k] += row[k]
+        lines.append(f"{split:<6} {row['images']:>7} {row['patients']:>8} {row['male']:>6} "
+                     f"{row['female']:>6} {row['normal_images']:>6} {row['skipped']:>7} "
+                     f"{row['shards']:>6}")
+    lines.append(f"{'total':<6} {tot['images']:>7} {tot['patients']:>8} {tot['male']:>6} "
+                 f"{tot['female']:>6} {tot['normal_images']:>6} {tot['skipped']:>7} "
+                 f"{tot['shards']:>6}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from pipeline import writer  # noqa: PLC0415
+    from pipeline.annotations import AnnotationError  # noqa: PLC0415
+
+    if not FLAGS.annotations:
+        raise app.UsageError("--annotations is required")
+    if not FLAGS.output:
+        raise app.UsageError("--output is required")
+    cfg = writer.ConvertConfig(
+        annotations=FLAGS.annotations, images=FLAGS.images, output=FLAGS.output,
+        image_size=FLAGS.image_size, jpeg_quality=FLAGS.jpeg_quality, split=FLAGS.split,
+        seed=FLAGS.seed, folds=FLAGS.folds, selection=FLAGS.selection,
+        num_shards=_num_shards(FLAGS.num_shards), workers=FLAGS.workers,
+        strict=FLAGS.strict, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+    bound_before = None
+    files: list[str] = []
+    if FLAGS.bench_bound:
+        kept = writer.load_table(cfg)[0]
+        files = list(kept["path"])
+        bound_before = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
+    try:
+        result = writer.convert_with_status(cfg)
+    except (writer.ConvertError, AnnotationError, ValueError) as e:
+        print(f"fundus-convert: error: {e}", file=sys.stderr)
+        return 2
+    manifest = result.manifest
+    print(summary_table(manifest))
+    skipped = manifest["skipped"]
+    images = sum(s["images"] for s in manifest["splits"].values())
+    if result.status == "up to date":
+        print(f"{cfg.output}: up to date ({images} images); nothing written")
+    else:
+        print(f"{cfg.output}: {result.status}: {images} images, {len(skipped)} skipped, "
+              f"{result.processed} photos prepared in {result.seconds:.1f} s "
+              f"({result.processed / max(result.seconds, 1e-9):.1f} photos/s, "
+              f"{cfg.workers or os.cpu_count()} workers)")
+    for s in skipped[:20]:
+        print(f"  skipped {s['file']} (patient {s['patient_id']} {s['eye']}): {s['reason']}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more (manifest.json lists all)")
+    if bound_before is not None:
+        bound_after = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
+        bound = (bound_before["images_per_s"] + bound_after["images_per_s"]) / 2
+        rate = result.processed / max(result.seconds, 1e-9)
+        print(f"bound (prepare_file only, {cfg.workers or os.cpu_count()} workers): "
+              f"{bound_before['images_per_s']:.1f} before, {bound_after['images_per_s']:.1f} "
+              f"after, mean {bound:.1f} photos/s; conversion {rate:.1f} photos/s = "
+              f"{rate / bound:.2f} of the bound")
+    if images == 0:
+        print("fundus-convert: nothing was converted", file=sys.stderr)
+        return 1
+    if cfg.strict and skipped:
+        print(f"fundus-convert: --strict: {len(skipped)} input(s) skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+_define_flags()
+run = _common.entry(main)
+
+if __name__ == "__main__":
+    run()
