@@ -69,3 +69,24 @@ def save_model_dir(model, model_dir: str, **run_info) -> str:
     with open(os.path.join(model_dir, "run.json"), "w", encoding="utf-8") as f:
         json.dump(info, f)
     return model_dir
+
+
+def random_model(size: int = 64, seed: int = 0):
+    """Randomly initialised conv model (nested ``backbone``) whose probabilities spread
+    over (0, 1) and move with fine pixel detail: for exact-agreement checks."""
+    import keras
+
+    init = keras.initializers.HeNormal(seed=seed)
+    inp = keras.Input((size, size, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inp)
+    b_in = keras.Input((size, size, 3), name="backbone_input")
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu",
+                            kernel_initializer=init, name="conv1")(b_in)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
+                            kernel_initializer=keras.initializers.HeNormal(seed=seed + 1),
+                            name="conv2")(h)
+    f = keras.Model(b_in, h, name="backbone")(x, training=False)
+    g = keras.layers.GlobalAveragePooling2D(name="pool")(f)
+    out = keras.layers.Dense(1, activation="sigmoid", name="sex",
+                             kernel_initializer=keras.initializers.RandomNormal(0, 1.0, seed=seed + 2))(g)
+    return keras.Model(inp, out, name=f"random{seed}")

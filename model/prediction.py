@@ -1,0 +1,242 @@
+"""Predict the sex of new fundus photos with a model or an ensemble (fundus-predict).
+
+Every photo takes the converter's path exactly, so a photo scores as its converted record
+does in ``fundus-evaluate`` (agreement to float rounding):
+
+1. :func:`pipeline.fundus.prepare_file` -- load, crop the fundus, square, resize to the
+   *stored* size with LANCZOS, encode JPEG at the converter's quality (the same bytes the
+   converter writes into a shard);
+2. :func:`pipeline.schema.decode_image` -- decode that JPEG and resize to the member's
+   training size (what the reader does);
+3. the model (and its left-right mirror with ``tta="flip"``); an ensemble averages.
+
+The stored size and JPEG quality are the training data's (:func:`stored_format`):
+``run.json["data_image_size"]`` / ``["data_jpeg_quality"]``, else the manifest of the data
+dir that ``run.json`` names (or ``--data``), else the defaults 512 px / quality 95.
+
+Inputs that cannot be read or hold no fundus get a row with ``error`` set; the others go on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from model import io as model_io
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+DEFAULT_STORED_SIZE = 512
+DEFAULT_JPEG_QUALITY = 95
+CSV_COLUMNS = ["file", "probability_male", "predicted_sex", "error"]
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredFormat:
+    """How the training data stored each fundus: square side (pixels), JPEG quality."""
+
+    image_size: int
+    jpeg_quality: int
+    source: str           # where the values came from (for logs and the CSV's reader)
+
+
+def _data_dirs(info: dict) -> list[str]:
+    flags = info.get("flags") if isinstance(info.get("flags"), dict) else {}
+    out = []
+    for src in (info, flags):
+        for key in ("data", "data_dir"):
+            v = src.get(key)
+            if isinstance(v, str) and v:
+                out.append(v)
+    return out
+
+
+def _manifest_format(data_dir: str) -> tuple[int, int] | None:
+    from pipeline import manifest as manifest_lib  # noqa: PLC0415
+
+    try:
+        man = manifest_lib.load(data_dir)
+    except (OSError, ValueError):
+        return None
+    size = man.get("image_size")
+    quality = (man.get("flags") or {}).get("jpeg_quality", DEFAULT_JPEG_QUALITY)
+    return (int(size), int(quality)) if size else None
+
+
+def member_format(info: dict, data_dir: str | None = None) -> StoredFormat | None:
+    """The stored format one member's run.json (or ``data_dir``'s manifest) records."""
+    if info.get("data_image_size"):
+        return StoredFormat(int(info["data_image_size"]),
+                            int(info.get("data_jpeg_quality") or DEFAULT_JPEG_QUALITY),
+                            f"{info.get('path', 'run.json')}: run.json")
+    for d in ([data_dir] if data_dir else []) + _data_dirs(info):
+        found = _manifest_format(d)
+        if found:
+            return StoredFormat(found[0], found[1], f"{d}/manifest.json")
+    return None
+
+
+def stored_format(members: Sequence[model_io.Member], data_dir: str | None = None,
+                  stored_size: int | None = None, jpeg_quality: int | None = None
+                  ) -> StoredFormat:
+    """Resolve the stored size/quality; explicit ``stored_size``/``jpeg_quality`` win.
+
+    Raises ``ValueError`` when ensemble members were trained on differently stored data.
+    """
+    found = {m.path: member_format(m.run_info, data_dir) for m in members}
+    known = {(f.image_size, f.jpeg_quality) for f in found.values() if f}
+    if len(known) > 1:
+        raise ValueError("ensemble members were trained on data stored differently: "
+                         + "; ".join(f"{p}: {f.image_size} px q{f.jpeg_quality}"
+                                     for p, f in found.items() if f)
+                         + " (pass --stored_size and --jpeg_quality)")
+    base = next((f for f in found.values() if f), None)
+    size = stored_size or (base.image_size if base else DEFAULT_STORED_SIZE)
+    quality = jpeg_quality or (base.jpeg_quality if base else DEFAULT_JPEG_QUALITY)
+    if stored_size or jpeg_quality:
+        source = "flags"
+    else:
+        source = base.source if base else "defaults (no run.json data_image_size or manifest)"
+    return StoredFormat(int(size), int(quality), source)
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files from files, folders (recursive, image extensions only) and globs.
+
+    Returns ``(files, problems)``; ``problems`` are ``(input, error)`` for inputs that
+    match nothing. Order: inputs in order, each folder/glob sorted; duplicates dropped.
+    """
+    files: list[str] = []
+    problems: list[tuple[str, str]] = []
+    for raw in inputs:
+        item = os.path.expanduser(str(raw))
+        if os.path.isdir(item):
+            found = sorted(os.path.join(root, f) for root, _, names in os.walk(item)
+                           for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                problems.append((item, f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+            files.extend(found)
+        elif _has_magic(item) and not os.path.exists(item):
+            found = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            if not found:
+                problems.append((item, "no file matches this pattern"))
+            files.extend(found)
+        else:
+            files.append(item)            # a missing file becomes an error row later
+    seen: set[str] = set()
+    unique = [f for f in files if not (f in seen or seen.add(f))]
+    return unique, problems
+
+
+def prepare_one(path: str, fmt: StoredFormat) -> tuple[bytes | None, str]:
+    """The converter's JPEG of one photo, or ``(None, error)``."""
+    from pipeline import fundus  # noqa: PLC0415
+
+    try:
+        return fundus.prepare_file(path, fmt.image_size, fmt.jpeg_quality), ""
+    except fundus.FundusError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - any other decoder failure is this file's error
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _decode_batches(jpegs: list[bytes], image_size: int, batch_size: int):
+    """uint8 ``[B, S, S, 3]`` batches of ``schema.decode_image`` (the reader's decode)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from pipeline import schema  # noqa: PLC0415
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs, tf.string))
+    ds = ds.map(lambda b: schema.decode_image(b, image_size), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_jpegs(members: Sequence[model_io.Member], jpegs: list[bytes], *,
+                  batch_size: int = 32, tta: str = "none") -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(ensemble mean [N], per-member [N] arrays)`` for stored-format JPEG bytes."""
+    per_member: list[np.ndarray | None] = [None] * len(members)
+    if not jpegs:
+        empty = np.zeros([0], np.float32)
+        return empty, [empty for _ in members]
+    for size in model_io.image_sizes(members):
+        idx = [i for i, m in enumerate(members) if m.image_size == size]
+        fns = {i: model_io.make_predict_fn(members[i].model, tta) for i in idx}
+        outs: dict[int, list[np.ndarray]] = {i: [] for i in idx}
+        for images in _decode_batches(jpegs, size, batch_size):
+            for i, fn in fns.items():
+                outs[i].append(fn(images).numpy())
+        for i in idx:
+            per_member[i] = np.concatenate(outs[i]).astype(np.float32)
+    members_p = [p for p in per_member if p is not None]
+    return model_io.ensemble_mean(members_p), members_p
+
+
+def predict_files(members: Sequence[model_io.Member], files: Sequence[str], fmt: StoredFormat,
+                  *, batch_size: int = 32, tta: str = "none", threshold: float = 0.5,
+                  workers: int = 2, chunk: int = 256) -> pd.DataFrame:
+    """One row per file: ``file, probability_male, predicted_sex, error``.
+
+    ``predicted_sex`` is ``male`` when the probability >= ``threshold``; rows with an
+    error have empty probability and sex. Files are prepared ``workers`` at a time and
+    predicted ``chunk`` at a time (memory stays bounded for any number of photos).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold={threshold}: must be in [0, 1]")
+    rows = []
+    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+        for start in range(0, len(files), chunk):
+            part = list(files[start:start + chunk])
+            prepared = list(pool.map(lambda f: prepare_one(f, fmt), part))
+            ok = [i for i, (jpeg, _) in enumerate(prepared) if jpeg is not None]
+            probs, _ = predict_jpegs(members, [prepared[i][0] for i in ok],
+                                     batch_size=batch_size, tta=tta)
+            p_of = dict(zip(ok, probs.tolist()))
+            for i, f in enumerate(part):
+                if i in p_of:
+                    p = float(p_of[i])
+                    rows.append({"file": f, "probability_male": p,
+                                 "predicted_sex": "male" if p >= threshold else "female",
+                                 "error": ""})
+                else:
+                    rows.append({"file": f, "probability_male": np.nan, "predicted_sex": "",
+                                 "error": prepared[i][1]})
+    return pd.DataFrame(rows, columns=CSV_COLUMNS)
+
+
+def model_threshold(members: Sequence[model_io.Member]) -> float:
+    """The Youden threshold recorded in the members' run.json (mean over members).
+
+    Looks for ``youden_threshold`` (top level or under ``best``/``val``); raises
+    ``ValueError`` naming the run.json files without one.
+    """
+    values, missing = [], []
+    for m in members:
+        info = m.run_info
+        cands = [info.get("youden_threshold")] + [
+            (info.get(k) or {}).get("youden_threshold") for k in ("best", "val", "best_val")
+            if isinstance(info.get(k), dict)]
+        v = next((c for c in cands if isinstance(c, (int, float))), None)
+        (values if v is not None else missing).append(v if v is not None else m.path)
+    if missing:
+        raise ValueError("--threshold=youden: no youden_threshold in the run.json of "
+                         + ", ".join(missing))
+    return float(np.mean(values))
+
+
+def write_csv(path: str, frame: pd.DataFrame) -> str:
+    """Atomic CSV write (probabilities with 6 decimals)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    tmp = path + ".tmp"
+    frame.to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, path)
+    return path
