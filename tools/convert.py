@@ -81,11 +81,61 @@ def summary_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def job(cfg, bench_bound: bool = False, out=None, err=None) -> int:
+    """Run one conversion, print the summary; returns the exit status (see module doc)."""
+    from pipeline import writer  # noqa: PLC0415
+    from pipeline.annotations import AnnotationError  # noqa: PLC0415
+
+    out, err = out or sys.stdout, err or sys.stderr
+    workers = cfg.workers or os.cpu_count()
+    bound_before = None
+    files: list[str] = []
+    try:
+        if bench_bound:
+            files = list(writer.load_table(cfg)[0]["path"])
+            bound_before = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality,
+                                              cfg.workers)
+        result = writer.convert_with_status(cfg)
+    except (writer.ConvertError, AnnotationError, ValueError) as e:
+        print(f"fundus-convert: error: {e}", file=err)
+        return 2
+    manifest = result.manifest
+    print(summary_table(manifest), file=out)
+    skipped = manifest["skipped"]
+    images = sum(s["images"] for s in manifest["splits"].values())
+    if result.status == "up to date":
+        print(f"{cfg.output}: up to date ({images} images); nothing written", file=out)
+    else:
+        rate = result.processed / max(result.seconds, 1e-9)
+        print(f"{cfg.output}: {result.status}: {images} images, {len(skipped)} skipped; "
+              f"{result.processed} photos in {result.seconds:.1f} s = {rate:.1f} photos/s "
+              f"({workers} workers)", file=out)
+    for s in skipped[:20]:
+        print(f"  skipped {s['file']} (patient {s['patient_id']} {s['eye']}): {s['reason']}",
+              file=out)
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more (manifest.json lists all)", file=out)
+    if bound_before is not None and result.processed:
+        after = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
+        bound = (bound_before["images_per_s"] + after["images_per_s"]) / 2
+        rate = result.processed / max(result.seconds, 1e-9)
+        print(f"bound: prepare_file alone on {workers} workers: "
+              f"{bound_before['images_per_s']:.1f} photos/s before, "
+              f"{after['images_per_s']:.1f} after, mean {bound:.1f}; "
+              f"conversion {rate:.1f} photos/s = {rate / bound:.2f} of the bound", file=out)
+    if images == 0:
+        print("fundus-convert: nothing was converted", file=err)
+        return 1
+    if cfg.strict and skipped:
+        print(f"fundus-convert: --strict: {len(skipped)} input(s) skipped", file=err)
+        return 1
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from pipeline import writer  # noqa: PLC0415
-    from pipeline.annotations import AnnotationError  # noqa: PLC0415
 
     if not FLAGS.annotations:
         raise app.UsageError("--annotations is required")
@@ -97,51 +147,16 @@ def main(argv: list[str]) -> int:
         seed=FLAGS.seed, folds=FLAGS.folds, selection=FLAGS.selection,
         num_shards=_num_shards(FLAGS.num_shards), workers=FLAGS.workers,
         strict=FLAGS.strict, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-    bound_before = None
-    files: list[str] = []
-    if FLAGS.bench_bound:
-        kept = writer.load_table(cfg)[0]
-        files = list(kept["path"])
-        bound_before = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
-    try:
-        result = writer.convert_with_status(cfg)
-    except (writer.ConvertError, AnnotationError, ValueError) as e:
-        print(f"fundus-convert: error: {e}", file=sys.stderr)
-        return 2
-    manifest = result.manifest
-    print(summary_table(manifest))
-    skipped = manifest["skipped"]
-    images = sum(s["images"] for s in manifest["splits"].values())
-    if result.status == "up to date":
-        print(f"{cfg.output}: up to date ({images} images); nothing written")
-    else:
-        print(f"{cfg.output}: {result.status}: {images} images, {len(skipped)} skipped, "
-              f"{result.processed} photos prepared in {result.seconds:.1f} s "
-              f"({result.processed / max(result.seconds, 1e-9):.1f} photos/s, "
-              f"{cfg.workers or os.cpu_count()} workers)")
-    for s in skipped[:20]:
-        print(f"  skipped {s['file']} (patient {s['patient_id']} {s['eye']}): {s['reason']}")
-    if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more (manifest.json lists all)")
-    if bound_before is not None:
-        bound_after = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
-        bound = (bound_before["images_per_s"] + bound_after["images_per_s"]) / 2
-        rate = result.processed / max(result.seconds, 1e-9)
-        print(f"bound (prepare_file only, {cfg.workers or os.cpu_count()} workers): "
-              f"{bound_before['images_per_s']:.1f} before, {bound_after['images_per_s']:.1f} "
-              f"after, mean {bound:.1f} photos/s; conversion {rate:.1f} photos/s = "
-              f"{rate / bound:.2f} of the bound")
-    if images == 0:
-        print("fundus-convert: nothing was converted", file=sys.stderr)
-        return 1
-    if cfg.strict and skipped:
-        print(f"fundus-convert: --strict: {len(skipped)} input(s) skipped", file=sys.stderr)
-        return 1
-    return 0
+    return job(cfg, FLAGS.bench_bound)
 
 
-_define_flags()
-run = _common.entry(main)
+def run() -> None:
+    """Console-script entry point. Flags are defined here, not at import, so importing
+    this module (tests, other jobs) never collides with other jobs' flags."""
+    if "bench_bound" not in FLAGS:
+        _define_flags()
+    _common.entry(main)()
+
 
 if __name__ == "__main__":
     run()
