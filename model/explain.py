@@ -273,7 +273,9 @@ def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | 
                     + "): red = raises the predicted sex")
     _tensorboard(os.path.join(output, "tensorboard"), grid,
                  np.stack([overlay(i, c) for i, c in zip(batch, maps)]))
-    report = {"models": [m.path for m in members], "layer": layers, "image_size": size,
+    fmaps = [list(split_model(m.model)[0].outputs[0].shape[1:3]) for m in members]
+    report = {"models": [m.path for m in members], "layer": layers, "feature_map": fmaps,
+              "image_size": size,
               "split": split if data_dir else None, "images": items, "problems": problems,
               "grid": "gradcam_grid.png", "tensorboard": "tensorboard"}
     evaluation.write_json(os.path.join(output, "explain.json"), report)

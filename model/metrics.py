@@ -254,7 +254,10 @@ def bootstrap_distribution(y: Sequence[float], p: Sequence[float], groups: Seque
     values, skipped = [], 0
     for _ in range(int(n)):
         pick = rng.integers(0, n_groups, n_groups)
-        idx = order[np.concatenate([np.arange(starts[g], starts[g] + counts[g]) for g in pick])]
+        lens = counts[pick]
+        ends = np.cumsum(lens)
+        # positions starts[g] .. starts[g] + counts[g] - 1 of every picked patient, in order
+        idx = order[np.repeat(starts[pick] - ends + lens, lens) + np.arange(ends[-1])]
         try:
             values.append(metric(y[idx], p[idx]))
         except ValueError:

@@ -45,11 +45,15 @@ class StoredFormat:
 
 
 def _data_dirs(info: dict) -> list[str]:
+    """Data dirs a run.json names: ``data.dir`` (fundus-train), ``data``/``data_dir``
+    strings, and the same under ``flags``."""
     flags = info.get("flags") if isinstance(info.get("flags"), dict) else {}
     out = []
     for src in (info, flags):
         for key in ("data", "data_dir"):
             v = src.get(key)
+            if isinstance(v, dict):
+                v = v.get("dir")
             if isinstance(v, str) and v:
                 out.append(v)
     return out

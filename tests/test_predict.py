@@ -41,7 +41,9 @@ def models(converted, tmp_path_factory):
     """Two random models: 48 px (resized from the stored 64) and 64 px, as one ensemble."""
     _, data = converted
     root = tmp_path_factory.mktemp("predict_models")
-    a = tm.save_model_dir(tm.random_model(48, seed=1), str(root / "a"), data=data)
+    # run.json as fundus-train writes it: data.dir names the training data
+    a = tm.save_model_dir(tm.random_model(48, seed=1), str(root / "a"),
+                          data={"dir": data, "manifest_sha256": "x"}, flags={"data": "rel/x"})
     b = tm.save_model_dir(tm.random_model(64, seed=2), str(root / "b"),
                           data_image_size=STORED, data_jpeg_quality=90)
     return a, b
