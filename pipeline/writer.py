@@ -112,12 +112,16 @@ class ConvertConfig:
 @dataclasses.dataclass
 class Result:
     """What :func:`convert_with_status` did: ``status`` is ``"converted"``, ``"resumed"``
-    or ``"up to date"``; ``seconds`` wall time; ``processed`` photos prepared this run."""
+    or ``"up to date"``; ``seconds`` wall time; ``processed`` photos prepared this run;
+    ``phases``: wall seconds of ``read`` (annotations, selection, splits, plan),
+    ``fingerprint`` (hashing the inputs), ``prepare+write`` (photos and shards, including
+    the TensorFlow import that overlaps the first photos) and ``manifest``."""
 
     manifest: dict[str, Any]
     status: str
     seconds: float
     processed: int
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- planning
@@ -343,11 +347,14 @@ class _Progress:
         self.stream = stream or sys.stderr
         self.tty = getattr(self.stream, "isatty", lambda: False)()
         self.start = self.last = time.monotonic()
+        self.first = True
         self.done = self.skipped = 0
 
     def update(self, done: int, skipped: int, force: bool = False) -> None:
         self.done, self.skipped = done, skipped
         now = time.monotonic()
+        if self.first:  # the first result may wait for the TensorFlow import: no line yet
+            self.first, self.last = False, now
         if not self.enabled or (not force and now - self.last < (1.0 if self.tty else 10.0)):
             return
         self.last = now
@@ -453,6 +460,7 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
             raise
         raise ConvertError(str(e)) from e
     shards = plan(kept, cfg)
+    phases = {"read": time.monotonic() - t0}
     order = [sh for split in manifest_lib.SPLITS for sh in shards[split]]
     flags = output_flags(cfg, fractions)
     dirs = image_dirs(cfg)
@@ -466,9 +474,10 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
                f"{kept.at[i, 'filename']}" for sh in order for i in sh.rows]
         shas = list(_imap(pool, _sha256_bytes, files, _chunksize(len(files), workers)))
         fp = fingerprint(flags, source_shas, shas, rel)
+        phases["fingerprint"] = time.monotonic() - t0 - sum(phases.values())
         state, payload = _prepare_output(cfg, fp)
         if state == "up to date":
-            return Result(payload, "up to date", time.monotonic() - t0, 0)
+            return Result(payload, "up to date", time.monotonic() - t0, 0, phases)
         completed: dict[str, dict] = payload
         status = "resumed" if completed else "converted"
         progress_path = os.path.join(cfg.output, PROGRESS_NAME)
@@ -512,11 +521,13 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
             pool.close()
             pool.join()
 
+    phases["prepare+write"] = time.monotonic() - t0 - sum(phases.values())
     manifest = _build_manifest(cfg, kept, sel_skipped, shards, completed, flags, formats,
                                source_shas, dirs, fp)
     manifest_lib.save(cfg.output, manifest)
     os.remove(progress_path)
-    return Result(manifest, status, time.monotonic() - t0, len(tasks))
+    phases["manifest"] = time.monotonic() - t0 - sum(phases.values())
+    return Result(manifest, status, time.monotonic() - t0, len(tasks), phases)
 
 
 def _key(table: pd.DataFrame, i) -> str:

@@ -110,6 +110,8 @@ def job(cfg, bench_bound: bool = False, out=None, err=None) -> int:
         print(f"{cfg.output}: {result.status}: {images} images, {len(skipped)} skipped; "
               f"{result.processed} photos in {result.seconds:.1f} s = {rate:.1f} photos/s "
               f"({workers} workers)", file=out)
+        print("  phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()),
+              file=out)
     for s in skipped[:20]:
         print(f"  skipped {s['file']} (patient {s['patient_id']} {s['eye']}): {s['reason']}",
               file=out)
