@@ -73,6 +73,12 @@ def assign_splits(table: pd.DataFrame, fractions: Sequence[float] | str = DEFAUL
     Per sex, the patients (sorted ids, shuffled by the seed) are cut into
     ``round(n * fraction)`` (largest remainder), so each split's count of each sex is
     within one patient of its share.
+
+    With a boolean ``normal`` column (``--selection=all``), a patient none of whose eyes
+    is eligible for evaluation always goes to ``train``: validation and test read normal
+    eyes only, so such a patient would be wasted anywhere else. Only the eligible
+    patients are stratified, so the normal-eye patients of a ``--selection=all``
+    conversion land in the same splits as in a ``--selection=normal`` one.
     """
     fractions = parse_fractions(fractions)
     out = pd.Series(None, index=table.index, dtype=object, name="split")
@@ -89,6 +95,9 @@ def assign_splits(table: pd.DataFrame, fractions: Sequence[float] | str = DEFAUL
             raise ValueError(f"patient {sorted(mixed)[0]} has eyes with and without a "
                              f"source split")
         todo = table[~given]
+    train_only = _train_only(todo)
+    out.loc[train_only.index[train_only.to_numpy()]] = "train"
+    todo = todo[~train_only]
     if len(todo):
         patients = _patients(todo)
         rng = np.random.default_rng(seed)
@@ -105,13 +114,23 @@ def assign_splits(table: pd.DataFrame, fractions: Sequence[float] | str = DEFAUL
     return out
 
 
+def _train_only(table: pd.DataFrame) -> pd.Series:
+    """Per eye: True when the eye's patient has no evaluation-eligible (``normal``) eye."""
+    if "normal" not in table.columns or not len(table):
+        return pd.Series(False, index=table.index)
+    eligible = table.groupby("patient_id")["normal"].transform("any").astype(bool)
+    return ~eligible
+
+
 def assign_folds(table: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
     """Cross-validation fold per eye: ``pandas.Series`` named ``fold`` (int64).
 
     Patients whose ``split`` is not ``test`` get folds ``0..k-1``: per sex (sorted ids,
     shuffled by the seed), dealt round-robin, continuing across sexes, so every fold's
     count of each sex and in total is within one patient of the others. Test patients
-    (and every eye when ``k == 0``) get -1. Needs a ``split`` column.
+    (and every eye when ``k == 0``) get -1. Needs a ``split`` column. Patients with no
+    evaluation-eligible eye (see :func:`assign_splits`) also get -1: they train in every
+    fold and are never validated on.
     """
     if k < 0 or k == 1:
         raise ValueError(f"--folds={k}: must be 0 (no folds) or at least 2")
@@ -120,7 +139,7 @@ def assign_folds(table: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
         return out
     if "split" not in table.columns:
         raise ValueError("assign_folds needs a 'split' column (assign_splits first)")
-    pool = table[table["split"] != "test"]
+    pool = table[(table["split"] != "test").to_numpy() & ~_train_only(table).to_numpy()]
     patients = _patients(pool)
     if len(patients) < k:
         raise ValueError(f"--folds={k}: only {len(patients)} non-test patient(s)")

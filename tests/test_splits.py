@@ -91,3 +91,26 @@ def test_conflicting_patient_sex_rejected():
                       "sex": ["male", "female"], "split": [None, None]})
     with pytest.raises(ValueError, match="patient a"):
         P.assign_splits(t)
+
+
+def test_patients_without_normal_eye_always_train_and_fold_minus_one():
+    """--selection=all: patients with no eligible eye never reach val/test or a val fold,
+    and the eligible patients split exactly as they would without them."""
+    rows = []
+    for i in range(60):
+        for eye in ("left", "right"):
+            rows.append({"patient_id": f"p{i}", "eye": eye,
+                         "sex": "male" if i % 2 else "female", "normal": True})
+    eligible = pd.DataFrame(rows)
+    extra = pd.DataFrame([{"patient_id": f"x{i}", "eye": eye,
+                           "sex": "male" if i % 3 else "female", "normal": False}
+                          for i in range(40) for eye in ("left", "right")])
+    both = pd.concat([eligible, extra], ignore_index=True)
+    split_both = P.assign_splits(both, (0.6, 0.2, 0.2), seed=3)
+    split_elig = P.assign_splits(eligible, (0.6, 0.2, 0.2), seed=3)
+    assert (split_both[both["patient_id"].str.startswith("x")] == "train").all()
+    assert list(split_both[: len(eligible)]) == list(split_elig)
+    both["split"] = split_both
+    folds = P.assign_folds(both, 3, seed=3)
+    assert (folds[both["patient_id"].str.startswith("x")] == -1).all()
+    assert set(folds[: len(eligible)][both["split"][: len(eligible)] != "test"]) == {0, 1, 2}
