@@ -1,0 +1,50 @@
+"""fundus-bench on tiny data: every figure and ratio lands in the JSON."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from tools import bench
+
+
+@pytest.fixture(scope="module")
+def originals(tiny_data, tmp_path_factory) -> str:
+    """The tiny set's stored JPEGs written out as 'original' files."""
+    out = tmp_path_factory.mktemp("originals")
+    for rec in bench.stored_records(tiny_data, "train"):
+        (out / rec["filename"]).write_bytes(rec["jpeg"])
+    return str(out)
+
+
+def test_bench_writes_every_figure(tiny_data, originals, tmp_path):
+    output = str(tmp_path / "bench.json")
+    bench.run_bench(tiny_data, output, image_size=32, batch_size=8, epochs=2,
+                    synthetic_images=16, size_range=(120, 160), train_steps=1,
+                    warmup_steps=1, train_arch="tiny", augment="on", originals=originals,
+                    workdir=str(tmp_path))
+    with open(output, encoding="utf-8") as f:
+        res = json.load(f)
+    assert set(bench.RATIOS) <= set(res["ratios"])
+    for name in ("data", "camera"):
+        fig = res[name]
+        for key in ("baseline_first_epoch", "baseline_cached_epoch", "pipeline_cold",
+                    "pipeline_cached", "decode_bound", "tensor_bound"):
+            assert fig[key] > 0 and math.isfinite(fig[key]), (name, key)
+    assert res["data"]["images"] == 48 and res["data"]["pipeline_images_per_epoch"] == 48
+    assert res["camera"]["images"] == 16
+    assert res["camera"]["original_bytes"] > res["camera"]["stored_bytes"] > 0
+    assert res["train"]["train_fed"] > 0 and res["train"]["train_constant"] > 0
+    for key in bench.RATIOS:
+        assert res["ratios"][key] > 0
+    assert res["config"]["augment_in_epochs"] is True
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("fundus_bench_")]
+
+
+def test_missing_originals_named(tiny_data, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--originals: 48 original JPEGs"):
+        bench.original_paths(tiny_data, [r["filename"] for r in
+                                         bench.stored_records(tiny_data, "train")],
+                             str(tmp_path))
