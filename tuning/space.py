@@ -105,9 +105,9 @@ class Param:
 
 
 # The hyperparameters the HyperModel can search, with their value type and a default
-# range used when ``--search`` names one without giving a range. Augmentation strengths
-# use the names of pipeline.augment.AugmentConfig fields with an ``aug_`` prefix; the
-# HyperModel checks every name against the configs at build time.
+# range used when ``--search`` names one without giving a range. Every name is the
+# training job's flag of the same value (augmentation strengths are pipeline.augment's
+# ``--augment_<AugmentConfig field>`` flags); the HyperModel applies them to the configs.
 TUNABLES: dict[str, Param] = {
     p.name: p for p in [
         Param("backbone", "choice", ("mobilenet_v2", "efficientnet_v2_s", "xception",
@@ -122,11 +122,13 @@ TUNABLES: dict[str, Param] = {
         Param("label_smoothing", "float", min=0.0, max=0.2, step=0.05),
         Param("image_size", "choice", (224, 299, 384, 512)),
         Param("batch_size", "choice", (16, 32, 64)),
-        Param("aug_rotation", "float", min=0.0, max=20.0, step=5.0),
-        Param("aug_zoom", "float", min=0.0, max=0.2, step=0.05),
-        Param("aug_translation", "float", min=0.0, max=0.1, step=0.05),
-        Param("aug_brightness", "float", min=0.0, max=0.3, step=0.1),
-        Param("aug_contrast", "float", min=0.0, max=0.3, step=0.1),
+        Param("augment_rotation_deg", "float", min=0.0, max=20.0, step=5.0),
+        Param("augment_zoom", "float", min=0.0, max=0.2, step=0.05),
+        Param("augment_translate", "float", min=0.0, max=0.1, step=0.05),
+        Param("augment_brightness", "float", min=0.0, max=0.3, step=0.1),
+        Param("augment_contrast", "float", min=0.0, max=0.3, step=0.1),
+        Param("augment_saturation", "float", min=0.0, max=0.3, step=0.1),
+        Param("augment_hue", "float", min=0.0, max=0.05, step=0.01),
     ]
 }
 for _p in TUNABLES.values():

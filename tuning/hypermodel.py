@@ -1,0 +1,416 @@
+"""The HyperModel: one trial = the training job's model and stages with trial values.
+
+Nothing here builds or trains a model in its own way. A trial's configuration is the
+sweep's base :class:`model.training.TrainConfig` (the ``fundus-train`` flags, defaults
+and overrides) with the searched values written into it by :func:`apply_values`. Then:
+
+* :meth:`FundusHyperModel.build`: ``model.precision.set_policy`` (again every trial:
+  ``keras.backend.clear_session`` resets the global dtype policy), the seed, and
+  ``model.classifier.build_classifier`` of the same ``ClassifierConfig`` ``train`` uses
+  (built by keras-tuner inside the ``distribution_strategy`` scope);
+* :meth:`FundusHyperModel.fit`: the training job's stages (``TrainConfig.stages``: head,
+  then fine-tune the top ``fine_tune_fraction``) with its building blocks:
+  ``classifier.set_backbone_trainable``, ``training.learning_rate_for``,
+  ``training.make_optimizer``, ``training.compile_model``, its callbacks
+  (``LearningRateLogger``, ``MajorityAccuracy``, step / plateau schedules,
+  ``TerminateOnNaN``, ``SelectBest`` with early stopping) and its input pipeline
+  (``training._datasets``: ``pipeline.reader`` under the strategy).
+
+Per trial it writes, in the keras-tuner trial dir: ``best.keras`` + ``best.json``
+(``SelectBest``, as ``fundus-train``), ``history.csv``, ``config.json`` (the trial's
+TrainConfig); and TensorBoard logs with the trial's hyperparameters (HParams plugin) in
+``logs_root/<trial_id>`` (``train/``, ``validation/``).
+
+Datasets are built once per input configuration (image size, batch size, and the
+read flags) and kept for the whole sweep in :class:`DatasetCache`; the reader caches the
+decoded uint8 images in memory (or in ``--cache_dir``), so every image is decoded once
+per image size and batch size, not once per trial.
+
+The value reported to the oracle is ``val_auc``: the best epoch's validation ROC AUC
+(Keras ``AUC(num_thresholds=1000)``, the metric ``fundus-train`` selects its best epoch
+by), maximised.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from typing import Any, Mapping
+
+import keras
+import keras_tuner
+
+from model import training
+from tuning import space as space_lib
+
+OBJECTIVE_NAME = "val_auc"
+CONFIG_JSON = "config.json"
+HISTORY_CSV = "history.csv"
+
+
+def objective() -> keras_tuner.Objective:
+    """The sweep objective: validation ROC AUC, maximised (named explicitly)."""
+    return keras_tuner.Objective(OBJECTIVE_NAME, direction="max")
+
+
+# ----------------------------------------------------------------- values -> config
+def _augment_fields() -> dict[str, dataclasses.Field]:
+    from pipeline import augment  # noqa: PLC0415
+    return {f.name: f for f in dataclasses.fields(augment.AugmentConfig)}
+
+
+def settable_names() -> list[str]:
+    """Every name :func:`apply_values` accepts: TrainConfig fields (the ``fundus-train``
+    flags) and ``augment_<AugmentConfig field>`` (pipeline.augment's flags)."""
+    from pipeline import augment  # noqa: PLC0415
+    names = [f.name for f in dataclasses.fields(training.TrainConfig)
+             if f.name not in ("data", "model_dir", "augment")]
+    return names + [augment.FLAG_PREFIX + n for n in _augment_fields() if n != "seed"]
+
+
+def _coerce(name: str, value: Any, current: Any) -> Any:
+    """Cast ``value`` to the type of the field's current value (JSON gives 3 for 3.0)."""
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: expects true/false, got {value!r}")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not float(value).is_integer():
+            raise ValueError(f"{name}: expects an integer, got {value!r}")
+        return int(value)
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name}: expects a number, got {value!r}")
+        return float(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ValueError(f"{name}: expects a string, got {value!r}")
+    return value
+
+
+def apply_values(base: training.TrainConfig, values: Mapping[str, Any]) -> training.TrainConfig:
+    """``base`` with ``values`` written in: TrainConfig fields by name, ``augment_<f>``
+    into ``base.augment`` (``AugmentConfig(seed=base.seed)`` when None, as ``train``).
+
+    Keras-tuner's own entries (``tuner/epochs`` ...) are ignored. Raises ValueError naming
+    an unknown name or a value of the wrong type.
+    """
+    from pipeline import augment  # noqa: PLC0415
+    train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    aug_fields = _augment_fields()
+    top: dict[str, Any] = {}
+    aug: dict[str, Any] = {}
+    for name, value in values.items():
+        if name.startswith("tuner/"):
+            continue
+        if name in train_fields and name not in ("data", "model_dir", "augment"):
+            top[name] = _coerce(name, value, getattr(base, name))
+        elif name.startswith(augment.FLAG_PREFIX) and \
+                name[len(augment.FLAG_PREFIX):] in aug_fields:
+            field = name[len(augment.FLAG_PREFIX):]
+            aug[field] = value
+        else:
+            raise ValueError(f"{name}: not a fundus-train flag; use one of "
+                             f"{', '.join(settable_names())}")
+    cfg = dataclasses.replace(base, **top)
+    if aug:
+        current = cfg.augment or augment.AugmentConfig(seed=cfg.seed)
+        aug = {k: _coerce(augment.FLAG_PREFIX + k, v, getattr(current, k))
+               for k, v in aug.items()}
+        cfg = dataclasses.replace(cfg, augment=dataclasses.replace(current, **aug))
+    return cfg
+
+
+def check_space(base: training.TrainConfig, space: space_lib.SearchSpace) -> None:
+    """Every searched name must be settable, and every corner value valid for the
+    training job (``TrainConfig.validate`` without touching the data)."""
+    names = set(settable_names())
+    for name in space.searched:
+        if name not in names:
+            raise ValueError(f"{name}: searched but not a fundus-train flag")
+    for name, p in space.searched.items():
+        corners = p.values if p.kind == "choice" else (p.min, p.max)
+        for v in corners:
+            cfg = apply_values(base, {name: v})
+            _validate_flags(cfg, f"{name}={v!r} ({p.source})")
+
+
+def _validate_flags(cfg: training.TrainConfig, where: str) -> None:
+    """``TrainConfig.validate`` minus the data-dir check (the chief has no data)."""
+    try:
+        dataclasses.replace(cfg, data=cfg.data or ".", model_dir=cfg.model_dir or ".").validate()
+    except FileNotFoundError as e:
+        if "manifest" not in str(e):
+            raise ValueError(f"{where}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from e
+
+
+# ------------------------------------------------------------------------ datasets
+class DatasetCache:
+    """The sweep's datasets, built once per input configuration and reused by trials.
+
+    Key: everything ``training._read_config`` reads (image size, batch size, sample
+    weights, age labels, selection, cache settings, seed) plus the validation fold. The
+    reader caches decoded images inside each dataset (memory, else ``cache_dir``), so a
+    dataset's second and later passes read no JPEG. Datasets belong to ``strategy``.
+    """
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self._sets: dict[tuple, tuple] = {}
+        self.builds = 0
+
+    @staticmethod
+    def key(cfg: training.TrainConfig, image_size: int) -> tuple:
+        rc = training._read_config(cfg, image_size, True)
+        return (os.path.abspath(cfg.data), cfg.val_fold, dataclasses.astuple(rc))
+
+    def get(self, cfg: training.TrainConfig, image_size: int) -> tuple:
+        """``(train_ds, val_ds, train_spec, val_spec)`` of ``cfg`` at ``image_size``."""
+        k = self.key(cfg, image_size)
+        if k not in self._sets:
+            self._sets[k] = training._datasets(cfg, self.strategy, image_size)
+            self.builds += 1
+        return self._sets[k]
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+
+# ------------------------------------------------------------------------- HParams
+def hparams_domains(space: space_lib.SearchSpace) -> dict[str, Any]:
+    """name -> ``tensorboard.plugins.hparams.api.HParam`` with the searched domain."""
+    from tensorboard.plugins.hparams import api as hp_api  # noqa: PLC0415
+    out = {}
+    for name, p in space.searched.items():
+        if p.kind == "choice":
+            domain = hp_api.Discrete(list(p.values))
+        elif p.kind == "int":
+            domain = hp_api.IntInterval(int(p.min), int(p.max))
+        else:
+            domain = hp_api.RealInterval(float(p.min), float(p.max))
+        out[name] = hp_api.HParam(name, domain)
+    return out
+
+
+HPARAM_METRICS = (("epoch_auc", "validation", "validation ROC AUC"),
+                  ("epoch_loss", "validation", "validation loss"),
+                  ("epoch_auc", "train", "training ROC AUC"))
+
+
+def write_hparams_config(logs_root: str, space: space_lib.SearchSpace) -> None:
+    """The HParams experiment (domains and metrics) at the root of the sweep's logs."""
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorboard.plugins.hparams import api as hp_api  # noqa: PLC0415
+    os.makedirs(logs_root, exist_ok=True)
+    metrics = [hp_api.Metric(tag, group=group, display_name=text)
+               for tag, group, text in HPARAM_METRICS]
+    writer = tf.summary.create_file_writer(logs_root)
+    with writer.as_default():
+        hp_api.hparams_config(hparams=list(hparams_domains(space).values()), metrics=metrics)
+    writer.flush()
+    writer.close()
+
+
+def write_trial_hparams(logdir: str, values: Mapping[str, Any], trial_id: str,
+                        space: space_lib.SearchSpace) -> None:
+    """The trial's hyperparameter values (session start) in its TensorBoard run dir."""
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorboard.plugins.hparams import api as hp_api  # noqa: PLC0415
+    domains = hparams_domains(space)
+    hparams = {domains[n]: _plain(v) for n, v in values.items() if n in domains}
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        hp_api.hparams(hparams, trial_id=str(trial_id))
+    writer.flush()
+    writer.close()
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+# ---------------------------------------------------------------------- HyperModel
+class FundusHyperModel(keras_tuner.HyperModel):
+    """Searches ``space`` around ``base``; see the module docstring.
+
+    Args:
+      base: the sweep's TrainConfig (``model_dir`` unused: trials write to their dirs).
+      space: the resolved search space (its fixed overrides already in ``base``).
+      logs_root: TensorBoard root; trial ``t`` logs to ``logs_root/t``.
+      strategy: the ``tf.distribute`` strategy trials train under (datasets belong to it).
+    """
+
+    def __init__(self, base: training.TrainConfig, space: space_lib.SearchSpace,
+                 logs_root: str, strategy=None):
+        super().__init__(name="fundus_sex")
+        self.base = base
+        self.space = space
+        self.logs_root = logs_root
+        self.strategy = strategy
+        self._data: DatasetCache | None = None
+
+    # keras-tuner API ------------------------------------------------------------------
+    def declare_hyperparameters(self, hp) -> None:
+        for p in self.space.searched.values():
+            space_lib.declare(hp, p)
+
+    def values(self, hp) -> dict[str, Any]:
+        """The trial's searched values (declaring them on ``hp`` when new)."""
+        return {name: space_lib.declare(hp, p) for name, p in self.space.searched.items()}
+
+    def trial_config(self, hp) -> training.TrainConfig:
+        """The TrainConfig of this trial: ``base`` + the searched values (+ hyperband's
+        epoch budget ``tuner/epochs`` as ``epochs``)."""
+        cfg = apply_values(self.base, self.values(hp))
+        if "tuner/epochs" in hp.values:
+            cfg = dataclasses.replace(cfg, epochs=int(hp.values["tuner/epochs"]))
+        return cfg
+
+    def build(self, hp) -> keras.Model:
+        """``build_classifier`` of the trial's config (backbone frozen, uncompiled)."""
+        from model import backbones  # noqa: PLC0415
+        from model import classifier  # noqa: PLC0415
+        from model import precision  # noqa: PLC0415
+        from pipeline import augment  # noqa: PLC0415
+        cfg = self.trial_config(hp)
+        precision.set_policy(cfg.precision)        # clear_session reset it
+        keras.utils.set_random_seed(cfg.seed)
+        try:
+            image_size = backbones.check_image_size(cfg.backbone, cfg.image_size)
+        except ValueError as e:                     # e.g. xception at 32 px: not this trial
+            raise keras_tuner.errors.FailedTrialError(str(e)) from e
+        ccfg = classifier.ClassifierConfig(
+            backbone=cfg.backbone, image_size=image_size, weights=cfg.weights,
+            dropout=cfg.dropout, augment=cfg.augment or augment.AugmentConfig(seed=cfg.seed),
+            age_loss_weight=cfg.age_loss_weight, seed=cfg.seed)
+        return classifier.build_classifier(ccfg)
+
+    def data(self) -> DatasetCache:
+        if self._data is None:
+            import tensorflow as tf  # noqa: PLC0415
+            self._data = DatasetCache(self.strategy or tf.distribute.get_strategy())
+        return self._data
+
+    def fit(self, hp, model, *args, trial_dir: str = "", trial_id: str = "",
+            callbacks=None, epochs: int | None = None, initial_epoch: int = 0,
+            verbose: Any = None, **kwargs) -> dict[str, float]:
+        """Train ``model`` through the training job's stages; returns the best epoch's
+        logs with ``val_auc`` (the objective).
+
+        ``epochs`` / ``initial_epoch`` come from Hyperband (``tuner/epochs`` budget; the
+        model then holds the weights of the trial it continues). ``callbacks`` (keras-tuner's
+        checkpoint and progress callbacks) are added to every stage. ``verbose`` (from
+        ``tuner.search``) is ignored: the trial's ``--verbose`` applies.
+        """
+        from model import backbones  # noqa: PLC0415
+        from model import classifier  # noqa: PLC0415
+        from pipeline import reader  # noqa: PLC0415
+        if args or kwargs:
+            raise TypeError(f"unexpected fit arguments {args} {sorted(kwargs)}")
+        cfg = self.trial_config(hp)
+        if epochs:
+            cfg = dataclasses.replace(cfg, epochs=int(epochs))
+        strategy = self.data().strategy
+        image_size = backbones.check_image_size(cfg.backbone, cfg.image_size)
+        train_ds, val_ds, train_spec, val_spec = self.data().get(cfg, image_size)
+        normal_only = cfg.train_selection == "normal"
+        tstats = reader.split_stats(cfg.data, train_spec, normal_only=normal_only)
+        vstats = reader.split_stats(cfg.data, val_spec, normal_only=True)
+        if tstats.records < cfg.batch_size:
+            raise keras_tuner.errors.FailedTrialError(
+                f"batch_size={cfg.batch_size} is larger than the training split "
+                f"({tstats.records} images)")
+        steps = tstats.records // cfg.batch_size
+        t_major = max(tstats.male, tstats.female) / tstats.records
+        v_major = max(vstats.male, vstats.female) / vstats.records
+
+        trial_dir = trial_dir or os.path.join(self.logs_root, "..", f"trial_{trial_id}")
+        logdir = os.path.join(self.logs_root, str(trial_id))
+        _fresh_trial_outputs(trial_dir, logdir)
+        training.write_json(os.path.join(trial_dir, CONFIG_JSON), cfg.to_json())
+        write_trial_hparams(logdir, self.values(hp), trial_id, self.space)
+
+        monitor = training.metric_key(cfg, "auc")
+        best_path = os.path.join(trial_dir, training.BEST_MODEL)
+        best_json = os.path.join(trial_dir, training.BEST_JSON)
+        for name, first, end, fraction, peak in cfg.stages():
+            if end <= initial_epoch:
+                continue                           # hyperband: done by the earlier trial
+            first = max(first, initial_epoch)
+            with strategy.scope():
+                classifier.set_backbone_trainable(model, fraction)
+                lr = training.learning_rate_for(cfg, peak, steps, end - first)
+                training.compile_model(model, cfg, training.make_optimizer(cfg, lr))
+            cbs: list = [training.LearningRateLogger(),
+                         training.MajorityAccuracy(t_major, v_major)]
+            if cfg.schedule == "step":
+                cbs.append(keras.callbacks.LearningRateScheduler(
+                    training.step_schedule(cfg, peak, first)))
+            elif cfg.schedule == "plateau":
+                cbs.append(keras.callbacks.ReduceLROnPlateau(
+                    monitor=monitor, mode="max", factor=cfg.step_factor,
+                    patience=cfg.plateau_patience, min_lr=peak * 1e-3))
+            cbs += [
+                keras.callbacks.TerminateOnNaN(),
+                training.SelectBest(best_path, best_json, monitor, cfg.patience,
+                                    stop_from_epoch=first if name == training.STAGE_FINE_TUNE
+                                    else cfg.epochs),
+                keras.callbacks.CSVLogger(os.path.join(trial_dir, HISTORY_CSV), append=True),
+                keras.callbacks.TensorBoard(logdir, histogram_freq=0, write_graph=False,
+                                            profile_batch=0),
+            ]
+            cbs += list(callbacks or [])
+            model._initial_epoch = None            # as train(): no epoch carried over
+            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
+                      callbacks=cbs, verbose=cfg.verbose)
+            if getattr(model, "stop_training", False):
+                break                              # early stopping or NaN
+        _write_session_end(logdir)
+        best = training.read_json(best_json)
+        if best is None:
+            raise keras_tuner.errors.FailedTrialError(
+                f"trial {trial_id}: no epoch gave a finite {monitor} (see {trial_dir})")
+        metrics = {k: float(v) for k, v in best["logs"].items()
+                   if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        metrics[OBJECTIVE_NAME] = float(best["value"])
+        metrics["best_epoch"] = float(best["epoch"] + 1)
+        return metrics
+
+
+def _fresh_trial_outputs(trial_dir: str, logdir: str) -> None:
+    """Remove what an interrupted earlier run of this trial left (a rerun starts clean);
+    keras-tuner's own ``trial.json`` stays."""
+    shutil.rmtree(logdir, ignore_errors=True)
+    os.makedirs(trial_dir, exist_ok=True)
+    for name in (training.BEST_MODEL, training.BEST_JSON, HISTORY_CSV, CONFIG_JSON,
+                 "checkpoint.weights.h5"):
+        path = os.path.join(trial_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _write_session_end(logdir: str) -> None:
+    """Mark the trial's HParams session finished (status success)."""
+    import tensorflow as tf  # noqa: PLC0415
+    from tensorboard.plugins.hparams import api_pb2  # noqa: PLC0415
+    from tensorboard.plugins.hparams import summary as hp_summary  # noqa: PLC0415
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        pb = hp_summary.session_end_pb(api_pb2.STATUS_SUCCESS)
+        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
+    writer.flush()
+    writer.close()
+
+
+def read_trial_config(trial_dir: str) -> dict | None:
+    """A trial's ``config.json`` (its TrainConfig as JSON), None when absent."""
+    path = os.path.join(trial_dir, CONFIG_JSON)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

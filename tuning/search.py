@@ -1,0 +1,540 @@
+"""A sweep: keras-tuner over :class:`tuning.hypermodel.FundusHyperModel`, and its outputs.
+
+:func:`run_sweep` makes the tuner (``random``, ``bayesian`` or ``hyperband``; objective
+``keras_tuner.Objective("val_auc", direction="max")``), with ``distribution_strategy`` =
+``model.distribute.make_strategy(base.strategy)``, the strategy ``fundus-train`` uses
+(``auto``: MirroredStrategy over all GPUs when there are several), runs the search and
+writes the results. Layout of ``--directory`` (``DIR``)::
+
+    DIR/sweep.json          tuner settings, the search space, the base TrainConfig
+    DIR/tuner/              keras-tuner's project: oracle.json, tuner*.json and
+      trial_<id>/           trial.json (oracle), config.json (the trial's TrainConfig),
+                            best.keras + best.json (its best epoch), history.csv,
+                            checkpoint.weights.h5 (keras-tuner, best epoch weights)
+    DIR/logs/               TensorBoard: HParams experiment + one run per trial
+      <id>/train, <id>/validation
+    DIR/summary.csv         trials sorted by val_auc, with their hyperparameters
+    DIR/events.jsonl        one line per trial start / end (pid, tuner id, RSS)
+    DIR/best/               the best trial as a fundus-train model dir (best.keras,
+                            run.json, saved_model/, history.csv, logs/): fundus-evaluate
+                            --model=DIR/best
+
+Resume: a sweep started again with the same ``DIR`` reloads the oracle (keras-tuner
+``overwrite=False``): finished trials are kept, the trial that was running is run again
+from its start, then the search goes on to ``max_trials``. ``overwrite=True`` deletes the
+project (and ``DIR/logs``, ``DIR/best``, the summary) first.
+
+Distributed tuning (keras-tuner's chief/worker mode over gRPC): set
+``KERASTUNER_TUNER_ID`` (``chief`` on the oracle's machine, ``tuner0``, ``tuner1``, ... on
+the workers), ``KERASTUNER_ORACLE_IP`` and ``KERASTUNER_ORACLE_PORT`` on every process and
+run the same command everywhere. The chief runs the oracle only (no training) and, when
+every worker has finished, writes the summary and ``best/``.
+
+``keep_trials=N`` removes the model files (``best.keras``, ``checkpoint.weights.h5``) of
+finished trials outside the best N after every trial (hyperband: at the end of the
+search, because later rounds continue from earlier trials' checkpoints); configs,
+histories and logs stay.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gc
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Sequence
+
+import keras
+import keras_tuner
+
+from model import training
+from tuning import hypermodel as hm
+from tuning import space as space_lib
+
+TUNERS = ("random", "bayesian", "hyperband")
+BEST_MODES = ("copy", "retrain", "none")
+PROJECT = "tuner"
+SWEEP_JSON = "sweep.json"
+SUMMARY_CSV = "summary.csv"
+EVENTS = "events.jsonl"
+LOGS = "logs"
+BEST_DIR = "best"
+MODEL_FILES = (training.BEST_MODEL, "checkpoint.weights.h5")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """How the search runs (the ``fundus-tune`` flags that are not training flags).
+
+    Attributes:
+      directory: results root (see the module docstring).
+      tuner: ``random`` | ``bayesian`` | ``hyperband``.
+      max_trials: trials to run in total (hyperband: a cap on its own schedule; 0: none).
+      max_epochs: hyperband's largest epoch budget (0: the training ``epochs``).
+      factor: hyperband's reduction factor (>= 2).
+      hyperband_iterations: hyperband's repetitions of the whole schedule.
+      executions_per_trial: trainings per trial (their objective is averaged).
+      seed: the oracle's random seed.
+      overwrite: start afresh (delete the project and the results).
+      keep_trials: keep the model files of the best N finished trials (0: keep all).
+      best: ``copy`` the best trial into ``DIR/best`` (from its checkpoint), ``retrain``
+        it there with ``fundus-train``'s ``train`` (needs no trial files: a chief without
+        shared storage), or ``none``.
+      max_consecutive_failed_trials: stop after this many failed trials in a row.
+    """
+
+    directory: str
+    tuner: str = "random"
+    max_trials: int = 10
+    max_epochs: int = 0
+    factor: int = 3
+    hyperband_iterations: int = 1
+    executions_per_trial: int = 1
+    seed: int = 0
+    overwrite: bool = False
+    keep_trials: int = 3
+    best: str = "copy"
+    max_consecutive_failed_trials: int = 3
+
+    def validate(self) -> None:
+        checks = [
+            (bool(self.directory), "--directory is required: where the sweep's results go"),
+            (self.tuner in TUNERS, f"--tuner={self.tuner!r}: use one of {', '.join(TUNERS)}"),
+            (self.max_trials >= 0, f"--max_trials={self.max_trials}: must be >= 0"),
+            (self.tuner == "hyperband" or self.max_trials >= 1,
+             f"--max_trials={self.max_trials}: must be >= 1 for --tuner={self.tuner}"),
+            (self.max_epochs >= 0, f"--max_epochs={self.max_epochs}: must be >= 0"),
+            (self.factor >= 2, f"--factor={self.factor}: must be >= 2"),
+            (self.hyperband_iterations >= 1,
+             f"--hyperband_iterations={self.hyperband_iterations}: must be >= 1"),
+            (self.executions_per_trial >= 1,
+             f"--executions_per_trial={self.executions_per_trial}: must be >= 1"),
+            (self.keep_trials >= 0, f"--keep_trials={self.keep_trials}: must be >= 0 "
+                                    "(0 keeps every trial's model files)"),
+            (self.best in BEST_MODES, f"--best={self.best!r}: use one of "
+                                      f"{', '.join(BEST_MODES)}"),
+            (self.max_consecutive_failed_trials >= 1,
+             f"--max_consecutive_failed_trials={self.max_consecutive_failed_trials}: >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# --------------------------------------------------------------- distributed roles
+def role() -> str:
+    """``single``, ``chief`` or ``worker`` from the KERASTUNER_* environment variables;
+    a clear error when they are set inconsistently."""
+    ip = os.environ.get("KERASTUNER_ORACLE_IP")
+    if not ip:
+        return "single"
+    missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
+               if not os.environ.get(v)]
+    if missing:
+        raise ValueError(f"KERASTUNER_ORACLE_IP={ip} is set but {', '.join(missing)} is not; "
+                         "distributed tuning needs all three (see README)")
+    port = os.environ["KERASTUNER_ORACLE_PORT"]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"KERASTUNER_ORACLE_PORT={port!r}: not a TCP port number")
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def tuner_id() -> str:
+    return os.environ.get("KERASTUNER_TUNER_ID", "tuner0")
+
+
+# ----------------------------------------------------------------- measurements
+def rss_mb() -> float:
+    """Resident set size of this process now, MiB (Linux ``/proc/self/status``; NaN
+    elsewhere)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def append_event(directory: str, event: dict) -> None:
+    """One JSON line in ``DIR/events.jsonl`` (appends are atomic for short lines)."""
+    line = json.dumps({"time": round(time.time(), 3), "pid": os.getpid(),
+                       "tuner_id": tuner_id(), **event}, default=str) + "\n"
+    with open(os.path.join(directory, EVENTS), "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def read_events(directory: str) -> list[dict]:
+    path = os.path.join(directory, EVENTS)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------------- tuners
+class _SweepMixin:
+    """What every fundus tuner adds to keras-tuner's: the trial call with its dir,
+    measurement, pruning and a resume-safe start."""
+
+    sweep: SweepConfig
+
+    def _populate_initial_space(self):
+        # Declare the space without building a model (nothing is conditional here): the
+        # chief never builds one, workers build only for their trials.
+        hp = self.oracle.get_space()
+        self.hypermodel.declare_hyperparameters(hp)
+        self.oracle.update_space(hp)
+
+    def _build_and_fit_model(self, trial, *args, **kwargs):
+        hp = trial.hyperparameters
+        model = self._try_build(hp)             # clear_session + gc, build in strategy scope
+        with open(self._get_build_config_fname(trial.trial_id), "w", encoding="utf-8") as f:
+            json.dump(model.get_build_config(), f)   # hyperband continues from it
+        return self.hypermodel.fit(hp, model, *args, trial_dir=self.get_trial_dir(trial.trial_id),
+                                   trial_id=trial.trial_id, **kwargs)
+
+    def on_search_begin(self):
+        super().on_search_begin()
+        self.save()                              # a sweep killed in trial 1 resumes too
+
+    def on_trial_begin(self, trial):
+        super().on_trial_begin(trial)
+        append_event(self.sweep.directory, {"event": "begin", "trial_id": trial.trial_id,
+                                            "rss_mb": round(rss_mb(), 1)})
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)              # oracle.end_trial + save
+        keras.backend.clear_session()
+        gc.collect()
+        append_event(self.sweep.directory, {
+            "event": "end", "trial_id": trial.trial_id, "status": str(trial.status),
+            "score": trial.score, "rss_mb": round(rss_mb(), 1),
+            "datasets": len(self.hypermodel.data()) if self.hypermodel._data else 0})
+        if self.sweep.tuner != "hyperband":
+            self.prune()
+
+    def on_search_end(self):
+        super().on_search_end()
+        self.prune()
+
+    def prune(self) -> list[str]:
+        """Remove model files of finished trials outside the best ``keep_trials``."""
+        if not self.sweep.keep_trials:
+            return []
+        return prune_trials(self.project_dir, self.oracle, self.sweep.keep_trials)
+
+
+class FundusRandomSearch(_SweepMixin, keras_tuner.RandomSearch):
+    pass
+
+
+class FundusBayesianOptimization(_SweepMixin, keras_tuner.BayesianOptimization):
+    pass
+
+
+class FundusHyperband(_SweepMixin, keras_tuner.Hyperband):
+    pass
+
+
+def _finished_ids(oracle) -> list[str]:
+    """Ids of trials that will not run again (completed or failed), as the oracle says."""
+    done = []
+    for trial in _all_trials(oracle):
+        if str(trial.status) in ("COMPLETED", "FAILED", "INVALID"):
+            done.append(trial.trial_id)
+    return done
+
+
+def _all_trials(oracle) -> list:
+    trials = getattr(oracle, "trials", None)
+    if trials is not None:
+        return list(trials.values())
+    # A worker's OracleClient: ask the chief for every trial, best first.
+    return list(oracle.get_best_trials(1 << 20))
+
+
+def prune_trials(project_dir: str, oracle, keep: int) -> list[str]:
+    """Delete :data:`MODEL_FILES` in ``trial_<id>`` dirs of finished trials that are not
+    among the best ``keep`` completed ones; returns the removed paths. Running trials are
+    never touched. Missing files (another worker pruned first) are fine."""
+    best = {t.trial_id for t in oracle.get_best_trials(keep)
+            if str(t.status) == "COMPLETED"}
+    removed = []
+    for trial_id in _finished_ids(oracle):
+        if trial_id in best:
+            continue
+        for name in MODEL_FILES:
+            path = os.path.join(project_dir, f"trial_{trial_id}", name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def make_tuner(sweep: SweepConfig, hypermodel: hm.FundusHyperModel, strategy=None):
+    """The keras-tuner tuner of ``sweep.tuner`` over ``hypermodel`` (project ``DIR/tuner``).
+
+    A worker never overwrites (the chief owns the project)."""
+    overwrite = sweep.overwrite and role() != "worker"
+    common = dict(hypermodel=hypermodel, objective=hm.objective(),
+                  distribution_strategy=strategy, directory=sweep.directory,
+                  project_name=PROJECT, overwrite=overwrite,
+                  executions_per_trial=sweep.executions_per_trial, seed=sweep.seed,
+                  max_consecutive_failed_trials=sweep.max_consecutive_failed_trials)
+    if sweep.tuner == "random":
+        tuner = FundusRandomSearch(max_trials=sweep.max_trials, **common)
+    elif sweep.tuner == "bayesian":
+        tuner = FundusBayesianOptimization(max_trials=sweep.max_trials, **common)
+    else:
+        max_epochs = sweep.max_epochs or hypermodel.base.epochs
+        tuner = FundusHyperband(max_epochs=max_epochs, factor=sweep.factor,
+                                hyperband_iterations=sweep.hyperband_iterations, **common)
+        if sweep.max_trials:
+            tuner.oracle.max_trials = sweep.max_trials
+    tuner.sweep = sweep
+    return tuner
+
+
+# ------------------------------------------------------------------------ results
+def summary_rows(tuner) -> list[dict[str, Any]]:
+    """One row per trial, sorted by ``val_auc`` (best first; failed trials last):
+    rank, trial_id, status, val_auc, best_epoch, the other best-epoch metrics, then the
+    hyperparameters."""
+    names = list(tuner.hypermodel.space.searched)
+    rows = []
+    for t in _all_trials(tuner.oracle):
+        metrics = {}
+        for name in ("val_auc", "val_pr_auc", "val_loss", "val_accuracy", "best_epoch"):
+            if t.metrics.exists(name):
+                metrics[name] = t.metrics.get_best_value(name) if name == "val_auc" \
+                    else t.metrics.get_last_value(name)
+        row = {"trial_id": t.trial_id, "status": str(t.status),
+               "val_auc": metrics.pop("val_auc", float("nan"))}
+        if "best_epoch" in metrics:
+            metrics["best_epoch"] = int(metrics["best_epoch"])
+        row.update(metrics)
+        values = t.hyperparameters.values
+        for n in names:
+            row[n] = values.get(n)
+        for n in ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id"):
+            if n in values:
+                row[n] = values[n]
+        rows.append(row)
+
+    def key(r):
+        v = r["val_auc"]
+        ok = r["status"] == "COMPLETED" and v is not None and not math.isnan(v)
+        return (0 if ok else 1, -(v if ok else 0.0), r["trial_id"])
+
+    rows.sort(key=key)
+    for i, r in enumerate(rows):
+        r["rank"] = i + 1
+    return [{"rank": r.pop("rank"), **r} for r in rows]
+
+
+def write_summary(directory: str, rows: Sequence[dict]) -> str:
+    """``DIR/summary.csv`` (atomic); columns are the union of the rows' keys, in order."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    path = os.path.join(directory, SUMMARY_CSV)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _fmt(r.get(k)) for k in cols})
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def format_summary(rows: Sequence[dict], limit: int = 20) -> str:
+    """The summary as a fixed-width text table (best ``limit`` rows)."""
+    if not rows:
+        return "(no trials)"
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    table = [[str(_fmt(r.get(c))) for c in cols] for r in rows[:limit]]
+    widths = [max(len(c), *(len(row[i]) for row in table)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in {SUMMARY_CSV}")
+    return "\n".join(lines)
+
+
+def export_best(tuner, sweep: SweepConfig, rows: Sequence[dict]) -> dict | None:
+    """Write ``DIR/best`` as a fundus-train model dir from the best completed trial.
+
+    ``copy``: its ``best.keras`` (the best epoch, saved by ``training.SelectBest``),
+    its history and TensorBoard logs, a ``saved_model`` export and a ``run.json`` with
+    the same keys ``fundus-train`` writes (validation AUC recomputed exactly, per image
+    and per patient) plus ``tuning``. When the trial's model file is absent (pruned, or on
+    another machine) it falls back to ``retrain``: ``training.train`` of the trial's
+    config into ``DIR/best``. Returns the run dict, None when no trial completed.
+    """
+    best_row = next((r for r in rows if r["status"] == "COMPLETED"
+                     and not math.isnan(r["val_auc"])), None)
+    if best_row is None or sweep.best == "none":
+        return None
+    trial_id = best_row["trial_id"]
+    trial_dir = os.path.join(tuner.project_dir, f"trial_{trial_id}")
+    trial = tuner.oracle.get_trial(trial_id)
+    cfg = tuner.hypermodel.trial_config(trial.hyperparameters)
+    out = os.path.join(sweep.directory, BEST_DIR)
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tuning_info = {"trial_id": trial_id, "val_auc_keras": best_row["val_auc"],
+                   "hyperparameters": dict(trial.hyperparameters.values),
+                   "directory": os.path.abspath(sweep.directory), "tuner": sweep.tuner}
+    source = os.path.join(trial_dir, training.BEST_MODEL)
+    if sweep.best == "retrain" or not os.path.exists(source):
+        if sweep.best == "copy":
+            print(f"[fundus-tune] {source} is not here (pruned or on another machine); "
+                  f"retraining trial {trial_id} into {out}", flush=True)
+        run = training.train(dataclasses.replace(cfg, model_dir=tmp, overwrite=True))
+        run["tuning"] = {**tuning_info, "mode": "retrain"}
+    else:
+        run = _copy_trial(cfg, trial_dir, tmp, tuning_info)
+    training.write_json(os.path.join(tmp, training.RUN_JSON), run)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return run
+
+
+def _copy_trial(cfg: training.TrainConfig, trial_dir: str, out: str, tuning_info: dict) -> dict:
+    """A fundus-train model dir from a finished trial's files (no training)."""
+    from model import backbones  # noqa: PLC0415
+    from model import distribute  # noqa: PLC0415
+    from pipeline import manifest as manifest_lib  # noqa: PLC0415
+    from pipeline import reader  # noqa: PLC0415
+    os.makedirs(out, exist_ok=True)
+    shutil.copy2(os.path.join(trial_dir, training.BEST_MODEL), os.path.join(out, training.BEST_MODEL))
+    history_src = os.path.join(trial_dir, hm.HISTORY_CSV)
+    if os.path.exists(history_src):
+        shutil.copy2(history_src, os.path.join(out, training.HISTORY_CSV))
+    history = training.read_history(os.path.join(out, training.HISTORY_CSV))
+    training.write_json(os.path.join(out, training.HISTORY_JSON), history)
+    logs = os.path.join(os.path.dirname(os.path.dirname(trial_dir)), LOGS,
+                        tuning_info["trial_id"])
+    if os.path.isdir(logs):
+        shutil.copytree(logs, os.path.join(out, "logs"))
+    best = training.read_json(os.path.join(trial_dir, training.BEST_JSON)) or {}
+    model = keras.models.load_model(os.path.join(out, training.BEST_MODEL), compile=False)
+    image_size = backbones.check_image_size(cfg.backbone, cfg.image_size)
+    train_spec, val_spec = reader.training_split(cfg.data, cfg.val_fold)
+    val_summary = training.auc_summary(training.predict_split(model, cfg, val_spec, image_size))
+    training._export(model, os.path.join(out, "saved_model"))
+    normal_only = cfg.train_selection == "normal"
+    tstats = reader.split_stats(cfg.data, train_spec, normal_only=normal_only)
+    vstats = reader.split_stats(cfg.data, val_spec, normal_only=True)
+    strategy = distribute.make_strategy(cfg.strategy)
+    return {
+        "flags": cfg.to_json(),
+        "versions": training.versions(),
+        "data": {"dir": os.path.abspath(cfg.data),
+                 "manifest_sha256": manifest_lib.manifest_sha256(cfg.data),
+                 "train": {"spec": train_spec.name, **dataclasses.asdict(tstats),
+                           "class_weights": tstats.class_weights()},
+                 "val": {"spec": val_spec.name, **dataclasses.asdict(vstats)},
+                 "test_read": False},
+        "backbone": cfg.backbone, "image_size": image_size,
+        "policy": keras.mixed_precision.global_policy().name,
+        "strategy": distribute.describe(strategy),
+        "stages": [{"name": s[0], "epochs": [s[1], s[2]], "fine_tune_fraction": s[3],
+                    "peak_learning_rate": s[4]} for s in cfg.stages()],
+        "epochs_run": len(history),
+        "best": {"epoch": best.get("epoch", -1) + 1, "monitor": best.get("monitor"),
+                 "value": best.get("value"), "logs": best.get("logs", {})},
+        "val": val_summary,
+        "outputs": {"best_model": training.BEST_MODEL, "saved_model": "saved_model",
+                    "history": [training.HISTORY_CSV, training.HISTORY_JSON],
+                    "tensorboard": "logs"},
+        "tuning": {**tuning_info, "mode": "copy"},
+    }
+
+
+# ---------------------------------------------------------------------------- run
+def prepare_directory(sweep: SweepConfig) -> None:
+    """Create ``DIR``; with ``overwrite`` (not on a worker) remove earlier results."""
+    os.makedirs(sweep.directory, exist_ok=True)
+    if sweep.overwrite and role() != "worker":
+        for name in (LOGS, BEST_DIR, BEST_DIR + ".tmp"):
+            shutil.rmtree(os.path.join(sweep.directory, name), ignore_errors=True)
+        for name in (SUMMARY_CSV, EVENTS):
+            path = os.path.join(sweep.directory, name)
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def write_sweep_json(sweep: SweepConfig, base: training.TrainConfig,
+                     space: space_lib.SearchSpace) -> None:
+    training.write_json(os.path.join(sweep.directory, SWEEP_JSON), {
+        "sweep": dataclasses.asdict(sweep), "objective": {"name": hm.OBJECTIVE_NAME,
+                                                          "direction": "max"},
+        "space": space.to_json(), "base": base.to_json(), "role": role(),
+        "versions": training.versions()})
+
+
+def run_sweep(sweep: SweepConfig, base: training.TrainConfig, space: space_lib.SearchSpace,
+              verbose: int = 1) -> dict:
+    """Run (or resume) the sweep; returns ``{"rows", "best", "role", "tuner"}``.
+
+    ``base``: the trials' TrainConfig before the searched values (the space's fixed
+    overrides already applied). Single process: search, summary, ``best/``. Chief: serve
+    the oracle until the workers are done, then summary and ``best/``. Worker: run
+    trials the chief hands out, then return (no summary).
+    """
+    from model import distribute  # noqa: PLC0415
+    sweep.validate()
+    if not space.searched:
+        raise ValueError("nothing to search: give --space=FILE, --range or --search")
+    hm.check_space(base, space)
+    who = role()
+    prepare_directory(sweep)
+    strategy = distribute.make_strategy(base.strategy) if who != "chief" else None
+    logs_root = os.path.join(sweep.directory, LOGS)
+    model = hm.FundusHyperModel(base, space, logs_root, strategy)
+    tuner = make_tuner(sweep, model, strategy)
+    if who != "worker":
+        write_sweep_json(sweep, base, space)
+        hm.write_hparams_config(logs_root, space)
+    if verbose:
+        print(f"[fundus-tune] {who}: {sweep.tuner} search over "
+              f"{', '.join(f'{n}={p.describe()}' for n, p in space.searched.items())}; "
+              f"objective val_auc (max); {tuner.remaining_trials} trials to go; results "
+              f"in {sweep.directory}", flush=True)
+        for note in space.notes:
+            print(f"[fundus-tune] note: {note}", flush=True)
+    tuner.search(verbose=1 if verbose else 0)
+    result = {"role": who, "tuner": tuner, "rows": [], "best": None}
+    if who == "worker":
+        return result
+    rows = summary_rows(tuner)
+    write_summary(sweep.directory, rows)
+    result["rows"] = rows
+    if verbose:
+        print(format_summary(rows), flush=True)
+    result["best"] = export_best(tuner, sweep, rows)
+    if verbose and result["best"] is not None:
+        b = result["best"]
+        print(f"[fundus-tune] best trial {b['tuning']['trial_id']}: validation AUC "
+              f"{b['val']['auc']:.4f} per image, {b['val']['patient_auc']:.4f} per patient; "
+              f"model dir {os.path.join(sweep.directory, BEST_DIR)} "
+              f"(fundus-evaluate --model={os.path.join(sweep.directory, BEST_DIR)}); "
+              f"TensorBoard: tensorboard --logdir {logs_root}", flush=True)
+    return result
