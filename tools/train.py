@@ -1,0 +1,52 @@
+"""fundus-train: transfer learning of sex from fundus photos, one run, one fold or a CV.
+
+    fundus-train --data=DATA --model_dir=RUNS/mnv2 --backbone=mobilenet_v2 \\
+        --weights=../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5 \\
+        --image_size=224 --epochs=12 --warmup_epochs=2
+
+    fundus-train --data=DATA5 --model_dir=RUNS/cv --cv=5        # every fold, cv.json
+
+Killed and restarted with the same flags, it resumes from the last finished epoch. The
+model dir holds best.keras, saved_model/, history.csv/json, run.json and logs/
+(``tensorboard --logdir RUNS``). See :mod:`model.training`.
+
+Exit status: 0 trained; 2 bad flags or inputs (the message names the flag and the fix).
+"""
+from __future__ import annotations
+
+from tools import _common  # noqa: F401  (quiet TF logs first)
+
+import sys
+
+from absl import app, flags
+
+from model import training
+
+FLAGS = flags.FLAGS
+training.define_flags(FLAGS)
+flags.mark_flags_as_required(["data", "model_dir"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        try:
+            cfg = training.config_from_flags(FLAGS)
+        except ValueError as e:   # an --augment_* value out of range
+            raise training.ConfigError(str(e)) from e
+        if FLAGS.cv:
+            summary = training.train_cv(cfg, FLAGS.cv)
+            print(training.format_cv(summary), flush=True)
+        else:
+            training.train(cfg)
+    except training.ConfigError as e:
+        print(f"fundus-train: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+run = _common.entry(main)
+
+if __name__ == "__main__":
+    run()
