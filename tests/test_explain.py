@@ -76,12 +76,14 @@ def test_cli_grid_overlays_tensorboard(planted, tiny_data, tmp_path):
         assert g.width > 400 and np.asarray(g.convert("L")).std() > 10
     assert len(glob.glob(str(out / "overlays" / "*.png"))) == 4
     assert glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))
-    r = subprocess.run([sys.executable, "-m", "tools.explain", f"--model={planted}",
-                        f"--data={tiny_data}", f"--files=33_right.jpg,{photo},nope.jpg",
-                        f"--output={tmp_path / 'y'}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rep = json.loads((tmp_path / "y" / "explain.json").read_text())
+    # chosen files: a record name, a photo without a fundus, an unknown name (in-process)
+    rep = E.explain(model_io.load_models(planted), str(tmp_path / "y"), data_dir=tiny_data,
+                    files=["33_right.jpg", str(photo), "nope.jpg"])
     assert [i["file"] for i in rep["images"]] == ["33_right.jpg"]
+    assert rep["images"][0]["label"] == "female" and rep["images"][0]["probability_male"] < 0.5
     errs = {os.path.basename(p["file"]): p["error"] for p in rep["problems"]}
     assert errs["photo.png"].startswith("no fundus") and "not in split" in errs["nope.jpg"]
+    assert json.loads((tmp_path / "y" / "explain.json").read_text())["problems"] == rep["problems"]
+    with pytest.raises(ValueError, match="nothing to explain"):
+        E.explain(model_io.load_models(planted), str(tmp_path / "z"), data_dir=tiny_data,
+                  files=["nope.jpg"])

@@ -65,18 +65,31 @@ def test_int8_needs_data(tmp_path):
         export_lib.export(members, str(tmp_path / "o"), x, tflite=("bf16",))
 
 
+def test_cli(tiny_data, tmp_path):
+    mdir = tm.save_model_dir(tm.random_model(64, seed=5), str(tmp_path / "m"))
+    out = tmp_path / "exp"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-m", "tools.export", f"--model={mdir}",
+                        f"--output={out}", f"--data={tiny_data}", "--tflite=float32,float16",
+                        "--check_images=4"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tflite float32" in r.stdout
+    report = json.loads((out / "export.json").read_text())
+    assert report["check_images"] == 4 and "split test" in report["check_source"]
+    assert report["tflite"]["float32"]["max_abs_diff"] <= 1e-4
+    assert sorted(os.listdir(out)) == ["export.json", "model_float16.tflite",
+                                       "model_float32.tflite", "saved_model"]
+
+
 @pytest.mark.slow
-def test_cli_real_classifier(tiny_data, tmp_path):
-    """The project's classifier (custom layers, wrapped MobileNetV2) through the job."""
+def test_real_classifier_converts(tmp_path):
+    """The project's classifier (custom layers, wrapped MobileNetV2) converts and agrees."""
     classifier = pytest.importorskip("model.classifier")
     model = classifier.build_classifier(classifier.ClassifierConfig(
-        backbone="mobilenet_v2", image_size=64, weights="none"))
-    mdir = tm.save_model_dir(model, str(tmp_path / "clf"), backbone="mobilenet_v2")
-    out = tmp_path / "exp"
-    r = subprocess.run([sys.executable, "-m", "tools.export", f"--model={mdir}",
-                        f"--output={out}", f"--data={tiny_data}", "--tflite=float32",
-                        "--check_images=4"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads((out / "export.json").read_text())
-    assert report["tflite"]["float32"]["max_abs_diff"] <= 1e-4
+        backbone="mobilenet_v2", image_size=32, weights="none"))
+    members = model_io.load_models(
+        tm.save_model_dir(model, str(tmp_path / "clf"), backbone="mobilenet_v2"))
+    x = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    report = export_lib.export(members, str(tmp_path / "exp"), x, tflite=("float32",))
+    assert report["ok"] and report["tflite"]["float32"]["max_abs_diff"] <= 1e-4
