@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs before TF is imported)
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Converted data dir (fundus-convert output).")

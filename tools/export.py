@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs before TF is imported)
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", None, "Model dir, .keras file, or ensemble dir / comma list "
