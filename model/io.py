@@ -95,6 +95,13 @@ def resolve_model_files(paths: str | Iterable[str]) -> list[str]:
         elif is_model_dir(p):
             files.append(os.path.join(p, BEST))
         elif is_ensemble_dir(p):
+            unfinished = sorted(d for d in glob.glob(os.path.join(p, "fold_*"))
+                                if os.path.isdir(d) and not is_model_dir(d))
+            if unfinished:
+                raise FileNotFoundError(
+                    f"--model: {p} is an unfinished CV run: no {BEST} in "
+                    f"{', '.join(os.path.basename(d) for d in unfinished)}; finish it, or pass "
+                    "the finished fold dirs as a comma list")
             files.extend(os.path.join(d, BEST) for d in ensemble_members(p))
         elif not os.path.exists(p):
             raise FileNotFoundError(f"--model: {p} does not exist")

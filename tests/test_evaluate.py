@@ -144,6 +144,12 @@ def test_load_models_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="empty.*not a model"):
         model_io.load_models(str(tmp_path / "empty"))
+    cv = tmp_path / "cv"
+    tm.save_model_dir(tm.constant_model(16), str(cv / "fold_0"))
+    (cv / "fold_1").mkdir()
+    with pytest.raises(FileNotFoundError, match="unfinished CV run.*fold_1"):
+        model_io.load_models(str(cv))
+    assert len(model_io.load_models(str(cv / "fold_0"))) == 1
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "best.keras").write_bytes(b"not a zip")
