@@ -10,6 +10,11 @@
 
 Build the model and its optimizer inside ``strategy.scope()``; batch sizes are GLOBAL
 (split across replicas).
+
+One strategy object per name per process: :func:`make_strategy` returns the same object
+on every call. Two ``MirroredStrategy`` instances in one process (e.g. the folds of a CV
+run) can pair up each other's collective all-reduces and fail with "Shape mismatch in
+the collective instance" (seen on TF 2.21 with two logical CPUs).
 """
 from __future__ import annotations
 
@@ -19,13 +24,20 @@ import os
 import tensorflow as tf
 
 CHOICES = ("auto", "mirrored", "one_device", "multi_worker")
+_STRATEGIES: dict[str, tf.distribute.Strategy] = {}
 
 
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """Return the ``tf.distribute.Strategy`` for ``--strategy=name``."""
+    """Return the ``tf.distribute.Strategy`` for ``--strategy=name`` (cached per name)."""
     key = str(name).strip().lower()
     if key not in CHOICES:
         raise ValueError(f"--strategy={name!r} is not one of {', '.join(CHOICES)}")
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = _new_strategy(key)
+    return _STRATEGIES[key]
+
+
+def _new_strategy(key: str) -> tf.distribute.Strategy:
     gpus = tf.config.list_logical_devices("GPU")
     if key == "auto":
         if len(gpus) > 1:

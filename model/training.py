@@ -37,6 +37,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 import keras
@@ -375,15 +376,16 @@ class ImageGrid(keras.callbacks.Callback):
 
 
 def save_model(model, path: str) -> str:
-    """Save ``model`` to a ``.keras`` file atomically, without optimizer state (a third of
-    the size with Adam; resuming uses ``backup/``, not this file)."""
+    """Save ``model`` to a ``.keras`` file atomically, as an inference artifact: no
+    optimizer state and no compile config (a third of the size with Adam; resuming uses
+    ``backup/``, not this file). ``keras.models.load_model`` returns it uncompiled."""
     tmp = path[: -len(".keras")] + ".tmp.keras"
-    optimizer = getattr(model, "optimizer", None)
+    optimizer, compiled = getattr(model, "optimizer", None), getattr(model, "compiled", False)
     try:
-        model.optimizer = None
+        model.optimizer, model.compiled = None, False
         model.save(tmp, overwrite=True)
     finally:
-        model.optimizer = optimizer
+        model.optimizer, model.compiled = optimizer, compiled
     os.replace(tmp, path)
     return path
 
@@ -651,8 +653,11 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             print(f"[fundus-train] stage {name}: epochs {first + 1}..{end}, "
                   f"{n_trainable} backbone layers trainable, peak lr {peak:g}", flush=True)
         model._initial_epoch = None  # Keras keeps a restored epoch across fit calls
-        model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
-                  callbacks=cbs, verbose=cfg.verbose)
+        with warnings.catch_warnings():
+            # the reader yields one finite pass per epoch (no .repeat()) on purpose
+            warnings.filterwarnings("ignore", message=".*ran out of data.*")
+            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
+                      callbacks=cbs, verbose=cfg.verbose, shuffle=False)
         model.save_weights(os.path.join(backup_root, f"{name}.done.weights.h5"))
         shutil.rmtree(os.path.join(backup_root, name), ignore_errors=True)
         terminated_nan = bool(getattr(model, "stop_training", False) and _nan_in_history(d))
