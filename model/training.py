@@ -109,6 +109,7 @@ class TrainConfig:
     cache_budget_gb: float = 4.0
     cache_dir: str | None = None
     train_selection: str = "normal"      # normal: normal eyes only; all: every written eye
+    cache_frozen_prefix: bool = False    # train the top on cached prefix activations
     profile_batch: int = 0               # TensorBoard profiler batch (0: off)
     image_grid: int = 16                 # augmented images logged at the start
     overwrite: bool = False              # replace a finished run in model_dir
@@ -179,6 +180,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.cache_frozen_prefix:
+            from model import prefix_cache  # noqa: PLC0415
+            prefix_cache.check_augment(self.augment)
+            if self.age_loss_weight > 0:
+                raise ValueError("--cache_frozen_prefix does not support the age head; "
+                                 "pass --age_loss_weight=0")
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -291,15 +298,14 @@ def metric_key(cfg: TrainConfig, name: str, validation: bool = True) -> str:
 
 # ========================================================================= callbacks
 class LearningRateLogger(keras.callbacks.Callback):
-    """Writes the epoch's learning rate into the logs (CSV, TensorBoard)."""
+    """Writes the learning rate at the end of the epoch into the logs (CSV, TensorBoard).
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._lr = current_learning_rate(self.model.optimizer)
+    Put it first in the callback list: it then records the rate the epoch ended with,
+    before ``ReduceLROnPlateau`` lowers it for the next epoch."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = getattr(self, "_lr", None) or \
-                current_learning_rate(self.model.optimizer)
+            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
 
 
 class MajorityAccuracy(keras.callbacks.Callback):
@@ -326,8 +332,9 @@ class SelectBest(keras.callbacks.Callback):
     """
 
     def __init__(self, path: str, state_path: str, monitor: str, patience: int,
-                 stop_from_epoch: int):
+                 stop_from_epoch: int, target=None):
         super().__init__()
+        self.target = target    # the model to save (None: the model being fit)
         self.path, self.state_path, self.monitor = path, state_path, monitor
         self.patience, self.stop_from_epoch = int(patience), int(stop_from_epoch)
         self.best: dict | None = None
@@ -343,7 +350,7 @@ class SelectBest(keras.callbacks.Callback):
                            f"({sorted(logs)}); is there a validation split?")
         value = float(value)
         if not math.isnan(value) and (self.best is None or value > self.best["value"]):
-            save_model(self.model, self.path)
+            save_model(self.target or self.model, self.path)
             self.best = {"epoch": int(epoch), "value": value, "monitor": self.monitor,
                          "logs": {k: float(v) for k, v in logs.items()}}
             write_json(self.state_path, self.best)
@@ -601,6 +608,13 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             raise ValueError(f"--data={cfg.data}: validation split {val_spec.name} has "
                              f"{val_stats.male} male / {val_stats.female} female images; "
                              f"ROC AUC needs both classes")
+        fit_model, cached = model, None
+        if cfg.cache_frozen_prefix:   # fit a tail sharing the layers, on cached activations
+            from model import prefix_cache  # noqa: PLC0415
+            cached = prefix_cache.prepare(
+                model, cfg, train_spec, val_spec, image_size,
+                train_stats.class_weights() if cfg.class_weights else None)
+            fit_model, train_ds, val_ds = cached.tail, cached.train_ds, cached.val_ds
         os.makedirs(cfg.model_dir, exist_ok=True)
         resumed = _check_model_dir(cfg)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
@@ -625,7 +639,7 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
         with strategy.scope():
             n_trainable = classifier.set_backbone_trainable(model, fraction)
             lr = learning_rate_for(cfg, peak, steps, end - first)
-            compile_model(model, cfg, make_optimizer(cfg, lr))
+            compile_model(fit_model, cfg, make_optimizer(cfg, lr))
         cbs: list = [LearningRateLogger(), MajorityAccuracy(train_majority, val_majority)]
         if cfg.schedule == "step":
             cbs.append(keras.callbacks.LearningRateScheduler(step_schedule(cfg, peak, first)))
@@ -638,29 +652,30 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             nan_cb,
             SelectBest(os.path.join(d, BEST_MODEL), os.path.join(d, BEST_JSON), monitor,
                        cfg.patience, stop_from_epoch=first if name == STAGE_FINE_TUNE
-                       else cfg.epochs),
+                       else cfg.epochs, target=model),
             keras.callbacks.CSVLogger(os.path.join(d, HISTORY_CSV), append=True),
             keras.callbacks.TensorBoard(logs_dir, histogram_freq=0, write_graph=False,
                                         profile_batch=cfg.profile_batch or 0),
             keras.callbacks.BackupAndRestore(os.path.join(backup_root, name),
                                              delete_checkpoint=False),
         ]
-        if first == 0 and not resumed and cfg.image_grid > 0:
+        if first == 0 and not resumed and cfg.image_grid > 0 and cached is None:
             cbs.append(ImageGrid(os.path.join(logs_dir, "images"),
                                  _sample_images(cfg, train_spec, image_size)))
         cbs += list(callbacks or [])
         if cfg.verbose:
             print(f"[fundus-train] stage {name}: epochs {first + 1}..{end}, "
                   f"{n_trainable} backbone layers trainable, peak lr {peak:g}", flush=True)
-        model._initial_epoch = None  # Keras keeps a restored epoch across fit calls
+        fit_model._initial_epoch = None  # Keras keeps a restored epoch across fit calls
         with warnings.catch_warnings():
             # the reader yields one finite pass per epoch (no .repeat()) on purpose
             warnings.filterwarnings("ignore", message=".*ran out of data.*")
-            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
+            fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
                       callbacks=cbs, verbose=cfg.verbose, shuffle=False)
         model.save_weights(os.path.join(backup_root, f"{name}.done.weights.h5"))
         shutil.rmtree(os.path.join(backup_root, name), ignore_errors=True)
-        terminated_nan = bool(getattr(model, "stop_training", False) and _nan_in_history(d))
+        terminated_nan = bool(getattr(fit_model, "stop_training", False) and
+                              _nan_in_history(d))
         last = read_history(os.path.join(d, HISTORY_CSV))
         if last and int(last[-1]["epoch"]) < end - 1 and not terminated_nan:
             stopped_early = True
@@ -697,6 +712,7 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
         "best": {"epoch": best["epoch"] + 1, "monitor": monitor, "value": best["value"],
                  "logs": best["logs"]},
         "val": val_summary,
+        "cache_frozen_prefix": cached.info if cached is not None else None,
         "wall_seconds": round(time.time() - t0, 1),
         "outputs": {"best_model": BEST_MODEL, "saved_model": "saved_model",
                     "history": [HISTORY_CSV, HISTORY_JSON], "tensorboard": "logs"},
@@ -816,6 +832,10 @@ _FLAG_HELP = {
     "val_fold": "With --folds data: validate on fold i, train on the other folds.",
     "cache_budget_gb": "Decoded images are cached in memory when they fit this budget, GiB.",
     "cache_dir": "File cache for decoded images that exceed the budget (default: none).",
+    "cache_frozen_prefix": "Run the frozen backbone prefix once per image (and its mirror "
+                           "with --augment_flip), cache the activations in memory and train "
+                           "the top on them (all --cv folds share one cache); only the flip "
+                           "augmentation is possible.",
     "train_selection": "Training eyes: normal (keywords exactly normal fundus) or all "
                        "written eyes; validation always uses normal eyes.",
     "profile_batch": "TensorBoard profiler on this batch of the first epoch (0: off).",

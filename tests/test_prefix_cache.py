@@ -1,0 +1,109 @@
+"""--cache_frozen_prefix: the cut, the tail, and a cached training run (tiny data)."""
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from model import backbones, classifier, prefix_cache, training
+from pipeline import augment
+
+FLIP_ONLY = augment.AugmentConfig(flip=True, rotation_deg=0, zoom=0, translate=0,
+                                  brightness=0, contrast=0, saturation=0, hue=0, seed=1)
+
+
+def _fraction_from(model, layer_name: str) -> float:
+    """The --fine_tune_fraction whose first unfrozen layer is ``layer_name``."""
+    names = [l.name for l in prefix_cache._backbone_layers(model)]
+    return (len(names) - names.index(layer_name)) / len(names)
+
+
+@pytest.fixture(scope="module")
+def mnv2():
+    keras.utils.set_random_seed(0)
+    return classifier.build_classifier(classifier.ClassifierConfig(
+        backbone="mobilenet_v2", image_size=64, weights="none", dropout=0.3,
+        augment=FLIP_ONLY, freeze_bn_statistics=True, seed=0))
+
+
+def test_cut_is_clean_and_snaps_down(mnv2):
+    assert prefix_cache.find_cut(mnv2, _fraction_from(mnv2, "block_13_expand")) == \
+        "block_12_add"
+    # first unfrozen layer inside block 12 (after its add's second input): snap to block 11
+    assert prefix_cache.find_cut(mnv2, _fraction_from(mnv2, "block_12_project_BN")) == \
+        "block_11_add"
+    with pytest.raises(ValueError, match="--fine_tune_fraction"):
+        prefix_cache.find_cut(mnv2, 0.0)
+
+
+def test_tail_on_cached_activations_reproduces_the_model(mnv2):
+    cut = prefix_cache.find_cut(mnv2, _fraction_from(mnv2, "block_13_expand"))
+    prefix, suffix = prefix_cache.split_backbone(mnv2, cut)
+    encoder = prefix_cache.build_encoder(mnv2, prefix)
+    tail = prefix_cache.build_tail(mnv2, suffix)
+    x = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3)).astype(np.uint8)
+    acts = encoder(x, training=False)
+    assert tuple(acts.shape) == (4, 4, 4, 96)
+    want = np.asarray(mnv2(x, training=False))
+    got = np.asarray(tail(np.asarray(acts).astype(np.float16).astype(np.float32),
+                          training=False))
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    # shared objects: the tail's head is the classifier's head
+    assert tail.get_layer(classifier.SEX_OUTPUT) is mnv2.get_layer(classifier.SEX_OUTPUT)
+
+
+def test_non_flip_augmentation_is_a_clear_error(tiny_fold_data, tmp_path):
+    cfg = training.TrainConfig(data=tiny_fold_data, model_dir=str(tmp_path / "m"),
+                               backbone="mobilenet_v2", weights="none", image_size=32,
+                               cache_frozen_prefix=True, fine_tune_fraction=0.2,
+                               augment=augment.AugmentConfig(seed=1), verbose=0)
+    with pytest.raises(training.ConfigError, match="--augment_rotation_deg"):
+        training.train(cfg)
+    assert not os.path.exists(tmp_path / "m")
+
+
+def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
+    keras.utils.set_random_seed(5)
+    bb = backbones.build_backbone("mobilenet_v2", 32, "none")
+    # calibrate BatchNorm statistics so frozen-statistics activations neither vanish nor
+    # explode (random init with unit statistics vanishes: no gradient reaches the top)
+    for layer in bb.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    bb(np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32),
+       training=True)
+    wfile = str(tmp_path / "mnv2.weights.h5")
+    bb.save_weights(wfile)
+    start = {l.name: [w.copy() for w in l.get_weights()] for l in bb.layers}
+    probe = classifier.build_classifier(classifier.ClassifierConfig(
+        backbone="mobilenet_v2", image_size=32, weights=wfile))
+    frac = _fraction_from(probe, "block_13_expand")
+    cfg = training.TrainConfig(
+        data=tiny_fold_data, model_dir=str(tmp_path / "cv"), backbone="mobilenet_v2",
+        weights=wfile, image_size=32, batch_size=8, epochs=1, warmup_epochs=0,
+        fine_tune_fraction=frac, learning_rate=1e-2, augment=FLIP_ONLY, image_grid=4,
+        cache_frozen_prefix=True, patience=0, verbose=0, seed=1)
+    summary = training.train_cv(cfg, 3)
+    assert len(summary["folds"]) == 3
+    runs = [json.load(open(tmp_path / "cv" / f"fold_{i}" / "run.json")) for i in range(3)]
+    info = [r["cache_frozen_prefix"] for r in runs]
+    assert info[0]["cut_layer"] == "block_12_add" and info[0]["mirrored"]
+    assert not info[0]["cache_reused"] and info[1]["cache_reused"] and info[2]["cache_reused"]
+    assert info[0]["cache_build_seconds"] >= 0 and info[0]["cached_images"] == 64
+    # the saved artifact is the FULL uint8 classifier, with trained top / frozen prefix
+    model = keras.models.load_model(tmp_path / "cv" / "fold_0" / "best.keras", compile=False)
+    assert model.input.dtype == "uint8" and model.input.shape[1:] == (32, 32, 3)
+    p = np.asarray(model(np.zeros((2, 32, 32, 3), np.uint8), training=False))
+    assert p.shape == (2, 1) and np.all((p >= 0) & (p <= 1))
+    bb_after = classifier.backbone_of(model)
+
+    def changed(name):
+        return any(not np.allclose(a, b) for a, b in
+                   zip(bb_after.get_layer(name).get_weights(), start[name]))
+
+    assert changed("Conv_1") and changed("block_13_expand")
+    assert not changed("block_12_expand") and not changed("Conv1")
+    assert os.path.isdir(tmp_path / "cv" / "fold_0" / "saved_model")
