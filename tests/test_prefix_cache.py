@@ -65,6 +65,7 @@ def test_non_flip_augmentation_is_a_clear_error(tiny_fold_data, tmp_path):
     assert not os.path.exists(tmp_path / "m")
 
 
+@pytest.mark.slow   # three folds, each exporting a SavedModel: minutes on 2 busy cores
 def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
     keras.utils.set_random_seed(5)
     bb = backbones.build_backbone("mobilenet_v2", 32, "none")
