@@ -656,8 +656,10 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             keras.callbacks.CSVLogger(os.path.join(d, HISTORY_CSV), append=True),
             keras.callbacks.TensorBoard(logs_dir, histogram_freq=0, write_graph=False,
                                         profile_batch=cfg.profile_batch or 0),
+            # double_checkpoint: a kill while the backup is written falls back to the
+            # previous epoch's copy instead of failing on a truncated file
             keras.callbacks.BackupAndRestore(os.path.join(backup_root, name),
-                                             delete_checkpoint=False),
+                                             double_checkpoint=True, delete_checkpoint=False),
         ]
         if first == 0 and not resumed and cfg.image_grid > 0 and cached is None:
             cbs.append(ImageGrid(os.path.join(logs_dir, "images"),
@@ -672,7 +674,9 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             warnings.filterwarnings("ignore", message=".*ran out of data.*")
             fit_model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
                       callbacks=cbs, verbose=cfg.verbose, shuffle=False)
-        model.save_weights(os.path.join(backup_root, f"{name}.done.weights.h5"))
+        done_path = os.path.join(backup_root, f"{name}.done.weights.h5")
+        model.save_weights(done_path[: -len(".weights.h5")] + ".tmp.weights.h5")
+        os.replace(done_path[: -len(".weights.h5")] + ".tmp.weights.h5", done_path)
         shutil.rmtree(os.path.join(backup_root, name), ignore_errors=True)
         terminated_nan = bool(getattr(fit_model, "stop_training", False) and
                               _nan_in_history(d))
