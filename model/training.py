@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 import warnings
 from typing import Any, Sequence
@@ -501,20 +500,16 @@ def _sample_images(cfg: TrainConfig, spec, image_size: int) -> np.ndarray:
 
 
 def predict_split(model, cfg: TrainConfig, spec, image_size: int) -> dict[str, np.ndarray]:
-    """``{"y", "p", "patient_id"}`` of every record of ``spec`` (evaluation order)."""
-    rc = dataclasses.replace(_read_config(cfg, image_size, False), with_meta=True,
-                             with_age=False, sample_weights=False, cache_budget_gb=0.0,
-                             cache_dir=None)
-    ys, ps, ids = [], [], []
-    for images, labels, meta in reader.make_dataset(cfg.data, spec, False, rc):
-        out = model(images, training=False)
-        if isinstance(out, dict):
-            out = out[classifier.SEX_OUTPUT]
-        ps.append(np.asarray(out, np.float64).reshape(-1))
-        ys.append(labels.numpy().reshape(-1))
-        ids.append(meta["patient_id"].numpy())
-    return {"y": np.concatenate(ys), "p": np.concatenate(ps),
-            "patient_id": np.concatenate(ids).astype(str)}
+    """``{"y", "p", "patient_id"}`` of every record of ``spec`` (evaluation order), through
+    :func:`model.evaluation.predict_split` (the one prediction path of evaluation)."""
+    from model import evaluation  # noqa: PLC0415
+    from model import io as model_io  # noqa: PLC0415
+    member = model_io.Member(model_io.sex_model(model), {"path": os.path.join(
+        cfg.model_dir, BEST_MODEL), "image_size": image_size})
+    frame = evaluation.predict_split([member], cfg.data, spec, batch_size=cfg.batch_size)
+    return {"y": frame["label"].to_numpy(np.float64),
+            "p": frame["probability"].to_numpy(np.float64),
+            "patient_id": frame["patient"].to_numpy().astype(str)}
 
 
 def auc_summary(pred: dict[str, np.ndarray]) -> dict[str, float]:

@@ -187,8 +187,10 @@ def test_run_outputs(resumed_run):
     assert best["logs"]["val_majority_accuracy"] == pytest.approx(0.5)
     assert 0.0 <= run["val"]["auc"] <= 1.0 and 0.0 <= run["val"]["patient_auc"] <= 1.0
     assert run["val"]["images"] == 16 and run["val"]["patients"] == 8
-    # the head stage ran at the head learning rate, the fine-tune stage lower
-    assert history[0]["learning_rate"] > max(r["learning_rate"] for r in history[1:])
+    # the fine-tune stage runs at the lower learning rate (3e-3 * 0.3), cosine-decayed
+    assert [s["peak_learning_rate"] for s in on_disk["stages"]] == pytest.approx([3e-3, 9e-4])
+    ft = [r["learning_rate"] for r in history[1:]]
+    assert max(ft) <= 9e-4 * (1 + 1e-5) and ft == sorted(ft, reverse=True)
 
 
 def test_best_model_and_saved_model_agree(resumed_run, tiny_data):
