@@ -61,7 +61,10 @@ def entry(main: Callable[[list[str]], int | None]) -> Callable[[], None]:
     """Make a console-script entry point ``run()`` from an absl ``main(argv)``."""
     def run() -> None:
         from absl import app
-        app.run(main, argv=sys.argv)
+        # TensorFlow's SavedModel code logs INFO lines through absl ("Writing
+        # fingerprint ..."); jobs show warnings and up unless the user's own
+        # --verbosity (parsed later, so it wins) says otherwise.
+        app.run(main, argv=sys.argv[:1] + ["--verbosity=-1"] + sys.argv[1:])
     return run
 
 
