@@ -24,6 +24,7 @@ from model import training
 
 FLAGS = flags.FLAGS
 training.define_flags(FLAGS)
+flags.adopt_module_key_flags(training)      # --helpshort lists the training flags
 flags.mark_flags_as_required(["data", "model_dir"])
 
 
