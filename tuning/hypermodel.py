@@ -125,16 +125,21 @@ def apply_values(base: training.TrainConfig, values: Mapping[str, Any]) -> train
 
 
 def check_space(base: training.TrainConfig, space: space_lib.SearchSpace) -> None:
-    """Every searched name must be settable, and every corner value valid for the
-    training job (``TrainConfig.validate`` without touching the data)."""
+    """Every searched name must be settable, and every corner value (choices, min, max)
+    valid for the training job (``TrainConfig.validate``; its value checks run only when
+    ``base.data`` holds a manifest, as on the machines that train)."""
     names = set(settable_names())
     for name in space.searched:
         if name not in names:
             raise ValueError(f"{name}: searched but not a fundus-train flag")
+    # One name at a time; when the image size is searched too, other names are checked
+    # at the backbone's default size (a backbone/size pair below the backbone's minimum
+    # fails that trial only, as FAILED in the summary).
+    sized = dataclasses.replace(base, image_size=0) if "image_size" in space.searched else base
     for name, p in space.searched.items():
         corners = p.values if p.kind == "choice" else (p.min, p.max)
         for v in corners:
-            cfg = apply_values(base, {name: v})
+            cfg = apply_values(base if name == "image_size" else sized, {name: v})
             _validate_flags(cfg, f"{name}={v!r} ({p.source})")
 
 
