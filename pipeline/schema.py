@@ -118,10 +118,14 @@ def decode_image(encoded: tf.Tensor, image_size: int | None = None) -> tf.Tensor
     if image_size is None:
         return image
     size = tf.shape(image)[0]
-    def _resize() -> tf.Tensor:
-        out = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    def _resize(method: str) -> tf.Tensor:
+        # downscaling: "area" (a box filter, antialiased by construction, ~3x faster on
+        # CPU than antialiased bilinear); upscaling: bilinear
+        out = tf.image.resize(image, [image_size, image_size], method=method, antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
-    image = tf.cond(tf.equal(size, image_size), lambda: image, _resize)
+    image = tf.cond(tf.equal(size, image_size), lambda: image,
+                    lambda: tf.cond(size > image_size, lambda: _resize("area"),
+                                    lambda: _resize("bilinear")))
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
