@@ -26,8 +26,8 @@ included exactly when ours is.
 
 ``--data`` is measured as given; then a camera-resolution synthetic set
 (``--synthetic_images`` eyes, 1,400-3,000 px wide, :func:`tools.synth.make_synthetic`) is
-written and converted (:func:`pipeline.writer.convert`, stored at the data's size) in a
-temporary folder and measured the same way, without the training comparison.
+written and converted (:func:`pipeline.writer.convert`, stored at ``--camera_stored_size``,
+by default the training size) in a temporary folder and measured the same way, without the training comparison.
 
     fundus-bench --data=DIR --output=bench.json [--image_size=384 --batch_size=64]
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs first)
 
+import gc
 import json
 import math
 import os
@@ -46,7 +47,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 RATIOS = ("cold_vs_decode_bound", "cached_vs_tensor_bound", "camera_cold_vs_baseline",
@@ -64,6 +65,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("synthetic_images", 300, "Eyes of the camera-resolution synthetic "
                          "set (0: skip it).")
     flags.DEFINE_string("synthetic_size_range", "1400,3000", "Synthetic image widths, px.")
+    flags.DEFINE_integer("camera_stored_size", 0, "Stored size the camera set is converted "
+                         "at, px (0: --image_size, i.e. converted at the training size).")
     flags.DEFINE_integer("train_steps", 10, "Timed training steps per feeding (0: skip).")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed training steps first.")
     flags.DEFINE_enum("train_arch", "mobilenet_v2", ["mobilenet_v2", "tiny"],
@@ -255,8 +258,8 @@ def measure_set(data_dir: str, split: str, read_cfg, epochs: int, consume: Calla
     base = baseline_dataset(tree, read_cfg.image_size, read_cfg.batch_size, augment_on)
     figures["baseline_first_epoch"] = rate(*timed_pass(base, consume))
     figures["baseline_cached_epoch"] = rate(*timed_pass(base, consume))
-    logging.info("%s baseline: %.1f / %.1f images/s", data_dir,
-                 figures["baseline_first_epoch"], figures["baseline_cached_epoch"])
+    print(f"{data_dir} baseline: {figures['baseline_first_epoch']:.1f} / "
+          f"{figures['baseline_cached_epoch']:.1f} images/s", flush=True)
     del base
 
     # b. this pipeline
@@ -358,14 +361,14 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
               batch_size: int = 64, epochs: int = 3, cache_budget_gb: float = 4.0,
               synthetic_images: int = 300, size_range: tuple[int, int] = (1400, 3000),
               train_steps: int = 10, warmup_steps: int = 2, weights: str = "none",
-              train_arch: str = "mobilenet_v2",
+              train_arch: str = "mobilenet_v2", camera_stored_size: int = 0,
               precision: str = "auto", augment: str = "auto", originals: str | None = None,
               workdir: str | None = None) -> dict[str, Any]:
     """Run every measurement; print and return (and write to ``output``) the results."""
     tf = _tf()
     import keras  # noqa: PLC0415
     from model import precision as precision_lib  # noqa: PLC0415
-    from pipeline import manifest as manifest_lib, reader  # noqa: PLC0415
+    from pipeline import reader  # noqa: PLC0415
     if epochs < 2:
         raise app.UsageError(f"--epochs={epochs}: need >= 2 (one cold, one cached)")
     device = device_name()
@@ -378,7 +381,8 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
         "config": {"data": os.path.abspath(data), "split": split, "image_size": image_size,
                    "batch_size": batch_size, "epochs": epochs,
                    "cache_budget_gb": cache_budget_gb, "augment_in_epochs": augment_on,
-                   "precision": policy, "device": device, "train_arch": train_arch, "cpu_cores": os.cpu_count(),
+                   "precision": policy, "device": device, "train_arch": train_arch,
+                   "camera_stored_size": camera_stored_size or image_size, "cpu_cores": os.cpu_count(),
                    "tensorflow": tf.__version__, "keras": keras.__version__,
                    "python": platform.python_version(), "weights": weights,
                    "command": " ".join(sys.argv)},
@@ -388,17 +392,20 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
         figures, ds = measure_set(data, split, read_cfg, epochs, consume, augment_on,
                                   originals, workdir)
         results["data"] = figures
-        if train_steps > 0:
-            results["train"] = measure_training(ds, image_size, batch_size, train_steps,
-                                                warmup_steps, weights, train_arch)
-        del ds
+        print("data figures:", json.dumps(figures, sort_keys=True), flush=True)
         if synthetic_images > 0:
-            stored = int(manifest_lib.load(data).get("image_size", 512))
-            camera_dir = make_camera_set(synthetic_images, size_range, stored, workdir)
+            camera_dir = make_camera_set(synthetic_images, size_range,
+                                         camera_stored_size or image_size, workdir)
             cam, cam_ds = measure_set(camera_dir, "train", read_cfg, epochs, consume,
                                       augment_on, None, workdir)
             del cam_ds
             results["camera"] = cam
+            print("camera figures:", json.dumps(cam, sort_keys=True), flush=True)
+        gc.collect()
+        if train_steps > 0:                # last: the training step needs the most memory
+            results["train"] = measure_training(ds, image_size, batch_size, train_steps,
+                                                warmup_steps, weights, train_arch)
+        del ds
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     r = results["ratios"]
@@ -458,7 +465,7 @@ def main(argv: list[str]) -> int:
               cache_budget_gb=FLAGS.cache_budget_gb, synthetic_images=FLAGS.synthetic_images,
               size_range=(lo, hi), train_steps=FLAGS.train_steps,
               warmup_steps=FLAGS.warmup_steps, weights=FLAGS.weights,
-              train_arch=FLAGS.train_arch,
+              train_arch=FLAGS.train_arch, camera_stored_size=FLAGS.camera_stored_size,
               precision=FLAGS.precision, augment=FLAGS.augment, originals=FLAGS.originals,
               workdir=FLAGS.workdir)
     return 0
