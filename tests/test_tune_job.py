@@ -1,8 +1,10 @@
 """fundus-tune as a job (subprocesses): flag errors, kill and resume, chief + two workers
 on the loopback address, and resident memory over a 6-trial sweep.
 
-Trials are tiny (mobilenet_v2 from random weights, 32/48 px, one epoch of three steps),
-but each still traces a Keras training graph, so the multi-trial tests are marked slow.
+Trials are tiny (the registry's ``tiny`` CPU backbone from random weights, 32/48 px, one
+epoch of three steps; the memory test uses mobilenet_v2, whose larger graphs show a leak),
+but each still starts TensorFlow and traces training graphs: the multi-trial tests are
+marked slow.
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def test_bad_flags_exit_2(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_kill_during_trial_2_then_resume(tiny_data, tmp_path):
     directory = str(tmp_path / "sweep")
-    args = _args(tiny_data, directory, 3)
+    args = _args(tiny_data, directory, 3, "--backbone=tiny")
     proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -125,7 +127,7 @@ def test_kill_during_trial_2_then_resume(tiny_data, tmp_path):
         assert json.load(f)["n_images"] == 16
 
     # --overwrite starts afresh: earlier trials, events and results are gone.
-    out = _run(_args(tiny_data, directory, 1, "--overwrite"), timeout=600)
+    out = _run(_args(tiny_data, directory, 1, "--backbone=tiny", "--overwrite"), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert [e["trial_id"] for e in _events(directory) if e["event"] == "begin"] == ["0"]
     assert [r["trial_id"] for r in _summary(directory)] == ["0"]
@@ -135,7 +137,7 @@ def test_kill_during_trial_2_then_resume(tiny_data, tmp_path):
 def test_chief_and_two_workers_on_loopback(tiny_data, tmp_path):
     directory = str(tmp_path / "sweep")
     port = str(_free_port())
-    args = _args(tiny_data, directory, 4)
+    args = _args(tiny_data, directory, 4, "--backbone=tiny")
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("chief", "tuner0", "tuner1")}
     procs = []
     try:
@@ -170,7 +172,8 @@ def test_resident_memory_six_trials(tiny_data, tmp_path):
     """RSS after each trial (after clear_session + gc) of a 6-trial sweep, printed; the
     figures go in BUILD_NOTES.md. The bound here only catches a gross per-trial leak."""
     directory = str(tmp_path / "sweep")
-    out = _run(_args(tiny_data, directory, 6, "--keep_trials=2"), timeout=1200)
+    out = _run(_args(tiny_data, directory, 6, "--backbone=mobilenet_v2", "--keep_trials=2"),
+               timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     ends = [e for e in _events(directory) if e["event"] == "end"]
     assert [e["trial_id"] for e in ends] == ["0", "1", "2", "3", "4", "5"]

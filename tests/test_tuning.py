@@ -237,14 +237,14 @@ def test_role_from_environment(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sweep(tiny_data, tmp_path_factory):
-    """One 3-trial random search on the tiny set (mobilenet_v2, random weights, 32/48 px,
-    1 epoch), keeping the model files of the best trial only."""
+    """One 3-trial random search on the tiny set (the registry's ``tiny`` CPU backbone,
+    random weights, 32/48 px, 1 epoch), keeping the model files of the best trial only."""
     from tuning import search
     directory = str(tmp_path_factory.mktemp("sweep"))
     space = space_lib.load(os.path.join(REPO, "configs", "search_tiny.json"))
     cfg = search.SweepConfig(directory=directory, tuner="random", max_trials=3, seed=1,
                              keep_trials=1)
-    result = search.run_sweep(cfg, _base(tiny_data), space, verbose=0)
+    result = search.run_sweep(cfg, _base(tiny_data, backbone="tiny"), space, verbose=0)
     return directory, result
 
 
@@ -331,3 +331,20 @@ def test_hparams_plugin_lists_every_trial(sweep):
                                                                         rel=1e-5)
         vals = {(m.name.group, m.name.tag): m.value for m in g.metric_values}
         assert vals[("validation", "epoch_auc")] == pytest.approx(row["val_auc"], abs=1e-5)
+
+
+def test_best_retrain_writes_a_fundus_train_model_dir(sweep, tmp_path):
+    """``--best=retrain`` (and the fallback when the best checkpoint is not on this
+    machine): fundus-train's own ``train`` of the best trial's config into DIR/best."""
+    from tuning import search
+    directory, result = sweep
+    cfg = search.SweepConfig(directory=str(tmp_path), best="retrain")
+    run = search.export_best(result["tuner"], cfg, result["rows"])
+    best = tmp_path / "best"
+    assert (best / "best.keras").exists() and (best / "saved_model").is_dir()
+    assert run["tuning"]["mode"] == "retrain"
+    assert run["tuning"]["trial_id"] == result["rows"][0]["trial_id"]
+    with open(best / "run.json") as f:
+        saved = json.load(f)
+    assert saved["flags"]["learning_rate"] == pytest.approx(result["rows"][0]["learning_rate"])
+    assert "backup" not in os.listdir(best)              # a finished fundus-train dir

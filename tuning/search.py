@@ -546,10 +546,10 @@ def run_sweep(sweep: SweepConfig, base: training.TrainConfig, space: space_lib.S
         write_sweep_json(sweep, base, space)
         hm.write_hparams_config(logs_root, space)
     if verbose:
-        print(f"[fundus-tune] {who}: {sweep.tuner} search over "
+        todo = "" if who == "worker" else f"{tuner.remaining_trials} trials to go; "
+        print(f"[fundus-tune] {who} ({tuner_id()}): {sweep.tuner} search over "
               f"{', '.join(f'{n}={p.describe()}' for n, p in space.searched.items())}; "
-              f"objective val_auc (max); {tuner.remaining_trials} trials to go; results "
-              f"in {sweep.directory}", flush=True)
+              f"objective val_auc (max); {todo}results in {sweep.directory}", flush=True)
         for note in space.notes:
             print(f"[fundus-tune] note: {note}", flush=True)
     tuner.search(verbose=1 if verbose else 0)
