@@ -348,3 +348,28 @@ def test_best_retrain_writes_a_fundus_train_model_dir(sweep, tmp_path):
         saved = json.load(f)
     assert saved["flags"]["learning_rate"] == pytest.approx(result["rows"][0]["learning_rate"])
     assert "backup" not in os.listdir(best)              # a finished fundus-train dir
+
+
+@pytest.mark.parametrize("tuner, extra", [("bayesian", {"max_trials": 2}),
+                                          ("hyperband", {"max_trials": 3, "max_epochs": 2,
+                                                         "factor": 2})])
+def test_bayesian_and_hyperband_run(tuner, extra, tiny_data, tmp_path):
+    """The other two tuners on the same HyperModel; hyperband's later rounds continue an
+    earlier trial's checkpoint (``tuner/trial_id``), so pruning waits for the end."""
+    from tuning import search
+    space = space_lib.load(None, ["learning_rate=1e-3..1e-2:log", "dropout=0..0.5"])
+    cfg = search.SweepConfig(directory=str(tmp_path), tuner=tuner, seed=2, keep_trials=1,
+                             best="none", **extra)
+    result = search.run_sweep(cfg, _base(tiny_data, backbone="tiny", warmup_epochs=0,
+                                         fine_tune_fraction=1.0), space, verbose=0)
+    rows = result["rows"]
+    assert len(rows) == extra["max_trials"]
+    assert {r["status"] for r in rows} == {"COMPLETED"}
+    assert all(0.0 <= r["val_auc"] <= 1.0 for r in rows)
+    kept = [r for r in rows if os.path.exists(
+        os.path.join(str(tmp_path), "tuner", f"trial_{r['trial_id']}", "best.keras"))]
+    assert [r["trial_id"] for r in kept] == [rows[0]["trial_id"]]
+    if tuner == "hyperband":                             # 2 trials of 1 epoch, then the
+        assert sorted(r["tuner/epochs"] for r in rows) == [1, 1, 2]   # best continued
+        cont = [r for r in rows if r["tuner/epochs"] == 2][0]
+        assert cont["tuner/trial_id"] in {r["trial_id"] for r in rows if r["tuner/epochs"] == 1}
