@@ -27,12 +27,18 @@ Memory: float16, ``h * w * c * 2`` bytes per image and view (MobileNetV2 at 384 
 block 12: 24 * 24 * 96 * 2 = 110.6 KB). The cache of the last configuration is kept in
 the process (:data:`_MEMO`), so ``--cv=K`` computes it once for all folds: it holds every
 record of the train/val splits, and each fold selects its rows with the reader's own
-filter (:func:`pipeline.reader._keep_mask`).
+filter (:func:`pipeline.reader._keep_mask`). With ``--prefix_cache_dir`` it is also kept
+on disk (:func:`save_cache` / :func:`load_cache`, one sub-directory per key), so later
+jobs with the same data, backbone, weights, size, cut and flip skip the prefix entirely.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -219,6 +225,58 @@ def build_cache(encoder: keras.Model, data_dir: str, splits: tuple[str, ...],
                            round(time.time() - t0, 1))
 
 
+CACHE_ARRAYS = ("acts", "acts_flip", "sex", "normal", "fold", "patient_id", "filename",
+                "split")
+
+
+def disk_key(memo_key: str) -> str:
+    """Directory name of a cache on disk: the first 16 hex digits of sha256(key)."""
+    return hashlib.sha256(memo_key.encode()).hexdigest()[:16]
+
+
+def save_cache(cache: ActivationCache, directory: str, memo_key: str) -> str:
+    """Write ``cache`` to ``directory/<disk_key>/`` (one ``.npy`` per array and
+    ``key.json``), atomically: written under a temporary name, renamed when complete, so
+    a killed job leaves no half cache. Returns the path."""
+    final = os.path.join(directory, disk_key(memo_key))
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
+    try:
+        for name in CACHE_ARRAYS:
+            arr = getattr(cache, name)
+            if arr is not None:
+                np.save(os.path.join(tmp, f"{name}.npy"), arr, allow_pickle=False)
+        with open(os.path.join(tmp, "key.json"), "w") as f:
+            json.dump({"key": json.loads(memo_key), "cut": cache.cut,
+                       "seconds": cache.seconds}, f, indent=1)
+        if os.path.exists(final):      # another job wrote the same key meanwhile
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_cache(directory: str, memo_key: str) -> ActivationCache | None:
+    """The cache saved by :func:`save_cache` under ``memo_key``, or None when absent.
+    Raises ValueError naming the path when the directory holds another key."""
+    path = os.path.join(directory, disk_key(memo_key))
+    if not os.path.isdir(path):
+        return None
+    with open(os.path.join(path, "key.json")) as f:
+        meta = json.load(f)
+    if meta["key"] != json.loads(memo_key):
+        raise ValueError(f"--prefix_cache_dir: {path} holds the cache of another "
+                         f"configuration (hash collision); delete it")
+    arrays = {}
+    for name in CACHE_ARRAYS:
+        fn = os.path.join(path, f"{name}.npy")
+        arrays[name] = np.load(fn, allow_pickle=False) if os.path.exists(fn) else None
+    return ActivationCache(**arrays, cut=meta["cut"], seconds=meta["seconds"])
+
+
 def cached_dataset(cache: ActivationCache, rows: np.ndarray, batch_size: int,
                    training: bool, seed: int, class_weights: tuple[float, float] | None):
     """tf.data of ``(activations float32, sex float32[, weight])`` over ``rows``.
@@ -287,6 +345,14 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
     splits = tuple(sorted(set(train_spec.splits) | set(val_spec.splits)))
     key = _memo_key(cfg, cfg.data, cut, image_size, splits)
     cache = _MEMO.get(key)
+    if cache is None and cfg.prefix_cache_dir:
+        cache = load_cache(cfg.prefix_cache_dir, key)
+        if cache is not None:
+            _MEMO.clear()
+            _MEMO[key] = cache
+            if cfg.verbose:
+                print(f"[prefix-cache] loaded {cut} activations from "
+                      f"{os.path.join(cfg.prefix_cache_dir, disk_key(key))}", flush=True)
     reused = cache is not None
     if cache is None:
         _MEMO.clear()
@@ -297,6 +363,8 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
         cache = build_cache(build_encoder(model, prefix), cfg.data, splits, image_size,
                             flip, cut, cfg.verbose)
         _MEMO[key] = cache
+        if cfg.prefix_cache_dir:
+            save_cache(cache, cfg.prefix_cache_dir, key)
     normal_only = cfg.train_selection == "normal"
     tr, va = cache.rows(train_spec, normal_only), cache.rows(val_spec, True)
     for spec, rows, no in ((train_spec, tr, normal_only), (val_spec, va, True)):

@@ -51,6 +51,7 @@ from pipeline import manifest as manifest_lib
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 SELECTIONS = ("normal", "all")
+SELECTS = ("best", "last")                # which epoch's model is kept
 STAGE_HEAD = "head"
 STAGE_FINE_TUNE = "fine_tune"
 RUN_JSON = "run.json"
@@ -104,11 +105,13 @@ class TrainConfig:
     strategy: str = "auto"
     seed: int = 42
     patience: int = 5                    # early stopping on val AUC (0: off)
+    select: str = "best"                 # best: best val AUC epoch; last: last epoch
     val_fold: int | None = None
     cache_budget_gb: float = 4.0
     cache_dir: str | None = None
     train_selection: str = "normal"      # normal: normal eyes only; all: every written eye
     cache_frozen_prefix: bool = False    # train the top on cached prefix activations
+    prefix_cache_dir: str | None = None  # keep those activations on disk between jobs
     profile_batch: int = 0               # TensorBoard profiler batch (0: off)
     image_grid: int = 16                 # augmented images logged at the start
     overwrite: bool = False              # replace a finished run in model_dir
@@ -172,6 +175,10 @@ class TrainConfig:
             (0.0 <= self.dropout < 1.0, f"--dropout={self.dropout}: must be in [0, 1)"),
             (self.age_loss_weight >= 0, f"--age_loss_weight={self.age_loss_weight}: >= 0"),
             (self.patience >= 0, f"--patience={self.patience}: must be >= 0 (0: off)"),
+            (self.select in SELECTS, f"--select={self.select}: one of {', '.join(SELECTS)}"),
+            (self.select == "best" or self.patience == 0,
+             f"--select=last with --patience={self.patience}: early stopping selects on "
+             f"the validation split; pass --patience=0"),
             (self.cache_budget_gb >= 0, f"--cache_budget_gb={self.cache_budget_gb}: >= 0"),
             (self.val_fold is None or self.val_fold >= 0,
              f"--val_fold={self.val_fold}: must be >= 0"),
@@ -179,6 +186,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.prefix_cache_dir and not self.cache_frozen_prefix:
+            raise ValueError(f"--prefix_cache_dir={self.prefix_cache_dir} needs "
+                             f"--cache_frozen_prefix")
         if self.cache_frozen_prefix:
             from model import prefix_cache  # noqa: PLC0415
             prefix_cache.check_augment(self.augment)
@@ -328,14 +338,19 @@ class SelectBest(keras.callbacks.Callback):
     Saves the model atomically to ``path`` whenever ``monitor`` improves and records
     ``{epoch, value, logs}`` in ``state_path``; stops training when the best epoch is
     ``patience`` epochs behind (counting only from ``stop_from_epoch``; 0 = never).
+    ``keep="last"``: save after every epoch instead (the model of the last epoch is kept,
+    nothing is selected on the validation split, so its validation AUC is unbiased).
     """
 
     def __init__(self, path: str, state_path: str, monitor: str, patience: int,
-                 stop_from_epoch: int, target=None):
+                 stop_from_epoch: int, target=None, keep: str = "best"):
         super().__init__()
+        if keep not in SELECTS:
+            raise ValueError(f"--select={keep}: one of {', '.join(SELECTS)}")
         self.target = target    # the model to save (None: the model being fit)
         self.path, self.state_path, self.monitor = path, state_path, monitor
         self.patience, self.stop_from_epoch = int(patience), int(stop_from_epoch)
+        self.keep = keep
         self.best: dict | None = None
 
     def on_train_begin(self, logs=None):
@@ -348,7 +363,8 @@ class SelectBest(keras.callbacks.Callback):
             raise KeyError(f"{self.monitor} is not in the epoch logs "
                            f"({sorted(logs)}); is there a validation split?")
         value = float(value)
-        if not math.isnan(value) and (self.best is None or value > self.best["value"]):
+        if not math.isnan(value) and (self.best is None or value > self.best["value"]
+                                      or self.keep == "last"):
             save_model(self.target or self.model, self.path)
             self.best = {"epoch": int(epoch), "value": value, "monitor": self.monitor,
                          "logs": {k: float(v) for k, v in logs.items()}}
@@ -647,7 +663,7 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             nan_cb,
             SelectBest(os.path.join(d, BEST_MODEL), os.path.join(d, BEST_JSON), monitor,
                        cfg.patience, stop_from_epoch=first if name == STAGE_FINE_TUNE
-                       else cfg.epochs, target=model),
+                       else cfg.epochs, target=model, keep=cfg.select),
             keras.callbacks.CSVLogger(os.path.join(d, HISTORY_CSV), append=True),
             keras.callbacks.TensorBoard(logs_dir, histogram_freq=0, write_graph=False,
                                         profile_batch=cfg.profile_batch or 0),
@@ -768,15 +784,37 @@ def train_cv(cfg: TrainConfig, k: int) -> dict:
                          "patient_auc": run["val"]["patient_auc"],
                          "best_epoch": run["best"]["epoch"],
                          "val_images": run["val"]["images"],
-                         "val_patients": run["val"]["patients"]})
-    summary: dict[str, Any] = {"k": k, "folds": per_fold,
+                         "val_patients": run["val"]["patients"],
+                         "val_auc_by_epoch": _val_auc_by_epoch(fold_dir)})
+    summary: dict[str, Any] = {"k": k, "select": cfg.select, "folds": per_fold,
                                "manifest_sha256": manifest_lib.manifest_sha256(cfg.data)}
+    curves = [f["val_auc_by_epoch"] for f in per_fold]
+    n = min(len(c) for c in curves)
+    # the learning curve: mean over folds of the per-image val AUC after each epoch
+    summary["val_auc_by_epoch_mean"] = [float(np.mean([c[e] for c in curves]))
+                                        for e in range(n)]
     for key in ("auc", "patient_auc"):
         v = np.array([f[key] for f in per_fold], np.float64)
         summary[key] = {"mean": float(v.mean()),
                         "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
     write_json(os.path.join(cfg.model_dir, "cv.json"), summary)
     return summary
+
+
+def _val_auc_by_epoch(run_dir: str) -> list[float]:
+    """Per-image validation AUC after each epoch, from ``history.csv`` (epoch order; the
+    last row of an epoch that was logged twice across a restart wins)."""
+    path = os.path.join(run_dir, HISTORY_CSV)
+    if not os.path.exists(path):
+        return []
+    by_epoch: dict[int, float] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            key = next((k for k in row if k.startswith("val_") and k.endswith("auc")
+                        and "pr_" not in k), None)
+            if key is not None and row.get(key):
+                by_epoch[int(row["epoch"])] = float(row[key])
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def format_cv(summary: dict) -> str:
@@ -787,7 +825,11 @@ def format_cv(summary: dict) -> str:
                      f"{f['best_epoch']:>10}")
     a, p = summary["auc"], summary["patient_auc"]
     lines.append(f"mean  {a['mean']:.4f} ± {a['sd']:.4f} per image, "
-                 f"{p['mean']:.4f} ± {p['sd']:.4f} per patient")
+                 f"{p['mean']:.4f} ± {p['sd']:.4f} per patient "
+                 f"(model kept: {summary.get('select', 'best')} epoch)")
+    if summary.get("val_auc_by_epoch_mean"):
+        lines.append("val AUC per image by epoch (fold mean): " + " ".join(
+            f"{v:.3f}" for v in summary["val_auc_by_epoch_mean"]))
     return "\n".join(lines)
 
 
@@ -828,6 +870,9 @@ _FLAG_HELP = {
                 "one_device, multi_worker (reads TF_CONFIG).",
     "seed": "Seed of weights init, shuffling, augmentation and dropout.",
     "patience": "Early stopping: stage-2 epochs without val AUC gain (0: off).",
+    "select": "Which model is kept: best (the epoch with the best validation AUC; that "
+              "AUC is then optimistic) or last (the last epoch; nothing is selected on "
+              "validation, use it for honest --cv figures, with --patience=0).",
     "val_fold": "With --folds data: validate on fold i, train on the other folds.",
     "cache_budget_gb": "Decoded images are cached in memory when they fit this budget, GiB.",
     "cache_dir": "File cache for decoded images that exceed the budget (default: none).",
@@ -835,6 +880,9 @@ _FLAG_HELP = {
                            "with --augment_flip), cache the activations in memory and train "
                            "the top on them (all --cv folds share one cache); only the flip "
                            "augmentation is possible.",
+    "prefix_cache_dir": "With --cache_frozen_prefix: keep the activations in this "
+                        "directory (one sub-directory per data/backbone/weights/size/cut/"
+                        "flip key) and reuse them in later jobs (default: memory only).",
     "train_selection": "Training eyes: normal (keywords exactly normal fundus) or all "
                        "written eyes; validation always uses normal eyes.",
     "profile_batch": "TensorBoard profiler on this batch of the first epoch (0: off).",
@@ -852,7 +900,8 @@ def define_flags(flag_values=None) -> None:
     fv = flag_values if flag_values is not None else flags.FLAGS
     enums = {"backbone": sorted(backbones.BACKBONES), "optimizer": list(OPTIMIZERS),
              "schedule": list(SCHEDULES), "strategy": list(distribute.CHOICES),
-             "precision": list(precision.CHOICES), "train_selection": list(SELECTIONS)}
+             "precision": list(precision.CHOICES), "train_selection": list(SELECTIONS),
+             "select": list(SELECTS)}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "augment" or f.name in fv:
             continue

@@ -10,10 +10,14 @@ Pipeline of :func:`make_dataset` (one split, or several splits filtered by fold)
       -> parse (vectorised: batch, schema.parse_batch, unbatch; see PARSE_MODES)
       -> filter normal / fold (before any JPEG is decoded)
       -> parallel decode + resize (schema.decode_image) to uint8 [H, W, 3]
-      -> cache: in memory when records * H * W * 3 bytes fits --cache_budget_gb,
-         else a file cache in cache_dir, else none
-      -> training: shuffle (whole split when it fits the budget; reshuffled every epoch)
-      -> batch (training: drop_remainder) -> labels / weights / meta -> prefetch(AUTOTUNE)
+      -> training, in memory (records * H * W * 3 bytes fit --cache_budget_gb):
+         the whole split as ONE cached element [N, ...] (decoded once, the first
+         epoch), then each epoch a fresh permutation gathered in batches
+         (drop_remainder; :func:`_gather_batches`)
+      -> otherwise: cache (in memory when it fits, else a file cache in cache_dir, else
+         none) -> training: shuffle (reshuffled every epoch) -> batch (training:
+         drop_remainder)
+      -> labels / weights / meta -> prefetch(AUTOTUNE)
 
 Elements: ``(images, labels)``; ``images`` uint8 ``[B, H, W, 3]`` (0..255), ``labels``
 float32 ``[B]`` (1.0 male, 0.0 female), or with ``with_age`` a dict ``{"sex": [B] float32,
@@ -323,6 +327,34 @@ def _parsed_records(records: tf.data.Dataset, mode: str, keep=None) -> tf.data.D
     return parsed.filter(keep) if keep is not None else parsed
 
 
+def _gather_batches(elements: tf.data.Dataset, max_records: int, batch: int,
+                    seed: int | None) -> tf.data.Dataset:
+    """Training batches from a split held in memory as one array per field.
+
+    ``elements`` (decoded records) are batched into ONE element of every record
+    (``max_records`` >= their number; the batch is allocated at that size) and cached
+    in memory: the first epoch decodes, later epochs read the cache without copying it.
+    Each epoch (each new iterator) draws a seed from ``Dataset.random`` (re-randomised
+    per iteration, reproducible from ``seed``), permutes the record indices with
+    ``stateless_shuffle`` and yields ``floor(N / batch)`` batches as ``tf.gather`` of
+    ``batch`` indices: a full-split shuffle without an element-wise shuffle buffer, one
+    copy per image and epoch. Peak memory while the split is assembled: about twice the
+    decoded split (the records and the array)."""
+    whole = elements.batch(max(1, int(max_records))).cache()
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+
+    def epoch(split: dict[str, tf.Tensor], s: tf.Tensor) -> tf.data.Dataset:
+        n = tf.shape(split["sex"], out_type=tf.int64)[0]
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([s, tf.constant(0, tf.int64)]))
+        steps = n // batch
+        idx = tf.reshape(perm[:steps * batch], [steps, batch])
+        return tf.data.Dataset.from_tensor_slices(idx).map(
+            lambda i: {k: tf.gather(v, i) for k, v in split.items()})
+
+    return tf.data.Dataset.zip(whole, seeds).flat_map(epoch)
+
+
 def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training: bool,
                  cfg: ReadConfig = ReadConfig(), *, folds_include=None, folds_exclude=None,
                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
@@ -401,25 +433,28 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
     need = decoded_bytes(records_here, size)
     budget = int(cfg.cache_budget_gb * _GB)
     in_memory = need <= budget
-    if in_memory:
-        ds = ds.cache()
-    elif cfg.cache_dir:
-        ds = ds.cache(_cache_file(cfg.cache_dir, data_dir, spec, cfg, normal_only,
-                                  (pipelines, pipeline_id)))
+    if training and in_memory and cfg.shuffle_buffer is None:
+        # 4a. the whole split in memory: reshuffled batches gathered from one array
+        ds = _gather_batches(ds, records_here, batch, cfg.seed)
+    else:
+        if in_memory:
+            ds = ds.cache()
+        elif cfg.cache_dir:
+            ds = ds.cache(_cache_file(cfg.cache_dir, data_dir, spec, cfg, normal_only,
+                                      (pipelines, pipeline_id)))
+        # 4b. shuffle after the cache, every epoch
+        if training:
+            if cfg.shuffle_buffer is not None:
+                buffer = cfg.shuffle_buffer
+            else:
+                fit = budget // max(1, decoded_bytes(1, size))
+                buffer = max(batch * 4, min(records_here, fit))
+            ds = ds.shuffle(max(1, min(buffer, records_here)), seed=cfg.seed,
+                            reshuffle_each_iteration=True)
+        ds = ds.batch(batch, drop_remainder=training, num_parallel_calls=AUTOTUNE,
+                      deterministic=not training)
 
-    # 4. shuffle after the cache, every epoch
-    if training:
-        if cfg.shuffle_buffer is not None:
-            buffer = cfg.shuffle_buffer
-        else:
-            fit = budget // max(1, decoded_bytes(1, size))
-            buffer = records_here if in_memory else max(batch * 4, min(records_here, fit))
-        ds = ds.shuffle(max(1, min(buffer, records_here)), seed=cfg.seed,
-                        reshuffle_each_iteration=True)
-
-    # 5. batch, outputs, prefetch
-    ds = ds.batch(batch, drop_remainder=training, num_parallel_calls=AUTOTUNE,
-                  deterministic=not training)
+    # 5. outputs, prefetch
     w_female, w_male = stats.class_weights()
     with_age, sample_weights = cfg.with_age, cfg.sample_weights
 

@@ -1,6 +1,7 @@
 """--cache_frozen_prefix: the cut, the tail, and a cached training run (tiny data)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -65,6 +66,46 @@ def test_non_flip_augmentation_is_a_clear_error(tiny_fold_data, tmp_path):
     assert not os.path.exists(tmp_path / "m")
 
 
+def _toy_cache(flip: bool) -> prefix_cache.ActivationCache:
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(5, 2, 2, 3)).astype(np.float16)
+    return prefix_cache.ActivationCache(
+        acts, -acts if flip else None, np.array([0, 1, 1, 0, 1]), np.ones(5, np.int64),
+        np.array([0, 1, 2, -1, 0]), np.array(["1", "2", "3", "4", "5"]),
+        np.array([f"{i}_left.jpg" for i in range(5)]), np.array(["train"] * 4 + ["val"]),
+        "block_12_add", 1.5)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_disk_cache_round_trip(flip, tmp_path):
+    key = json.dumps({"data": "d", "cut": "block_12_add", "flip": flip})
+    assert prefix_cache.load_cache(str(tmp_path), key) is None
+    cache = _toy_cache(flip)
+    path = prefix_cache.save_cache(cache, str(tmp_path), key)
+    assert os.listdir(tmp_path) == [os.path.basename(path)]     # no temporary left
+    got = prefix_cache.load_cache(str(tmp_path), key)
+    for name in prefix_cache.CACHE_ARRAYS:
+        a, b = getattr(cache, name), getattr(got, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype
+    assert got.cut == "block_12_add" and got.seconds == 1.5
+    other = json.dumps({"data": "d", "cut": "block_15_add", "flip": flip})
+    assert prefix_cache.load_cache(str(tmp_path), other) is None
+    # a directory whose key.json names another configuration is an error, not a reuse
+    os.rename(path, os.path.join(tmp_path, prefix_cache.disk_key(other)))
+    with pytest.raises(ValueError, match="another configuration"):
+        prefix_cache.load_cache(str(tmp_path), other)
+
+
+def test_prefix_cache_dir_needs_the_prefix_cache(tiny_fold_data, tmp_path):
+    cfg = training.TrainConfig(data=tiny_fold_data, model_dir=str(tmp_path / "m"),
+                               prefix_cache_dir=str(tmp_path / "c"), verbose=0)
+    with pytest.raises(training.ConfigError, match="--prefix_cache_dir.*--cache_frozen"):
+        training.train(cfg)
+
+
 @pytest.mark.slow   # three folds, each exporting a SavedModel: minutes on 2 busy cores
 def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
     keras.utils.set_random_seed(5)
@@ -86,9 +127,13 @@ def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
         data=tiny_fold_data, model_dir=str(tmp_path / "cv"), backbone="mobilenet_v2",
         weights=wfile, image_size=32, batch_size=8, epochs=1, warmup_epochs=0,
         fine_tune_fraction=frac, learning_rate=1e-2, augment=FLIP_ONLY, image_grid=4,
-        cache_frozen_prefix=True, patience=0, verbose=0, seed=1)
+        cache_frozen_prefix=True, patience=0, verbose=0, seed=1,
+        prefix_cache_dir=str(tmp_path / "acts"), select="last")
+    prefix_cache._MEMO.clear()
     summary = training.train_cv(cfg, 3)
-    assert len(summary["folds"]) == 3
+    assert len(summary["folds"]) == 3 and summary["select"] == "last"
+    assert [len(f["val_auc_by_epoch"]) for f in summary["folds"]] == [1, 1, 1]
+    assert len(summary["val_auc_by_epoch_mean"]) == 1
     runs = [json.load(open(tmp_path / "cv" / f"fold_{i}" / "run.json")) for i in range(3)]
     info = [r["cache_frozen_prefix"] for r in runs]
     assert info[0]["cut_layer"] == "block_12_add" and info[0]["mirrored"]
@@ -108,3 +153,12 @@ def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
     assert changed("Conv_1") and changed("block_13_expand")
     assert not changed("block_12_expand") and not changed("Conv1")
     assert os.path.isdir(tmp_path / "cv" / "fold_0" / "saved_model")
+    # --select=last: the kept model is the last epoch's
+    assert json.load(open(tmp_path / "cv" / "fold_0" / "best.json"))["epoch"] == 0
+    # a later job (empty process memo) loads the activations from --prefix_cache_dir
+    prefix_cache._MEMO.clear()
+    assert len(os.listdir(tmp_path / "acts")) == 1
+    again = training.train(dataclasses.replace(cfg, model_dir=str(tmp_path / "again"),
+                                               val_fold=0))
+    assert again["cache_frozen_prefix"]["cache_reused"]
+    assert again["cache_frozen_prefix"]["cached_images"] == 64

@@ -72,6 +72,23 @@ def test_optimizers_with_weight_decay(name, tiny_data, tmp_path):
     assert opt._use_weight_decay(kernel) and not opt._use_weight_decay(bias)
 
 
+def test_select_last_keeps_every_epoch_best_keeps_the_maximum(tmp_path):
+    """keep=last saves after every epoch whatever the monitor did; keep=best only on a
+    gain."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    values = [0.6, 0.5, 0.55]
+    for keep, want_epoch in (("best", 0), ("last", 2)):
+        cb = training.SelectBest(str(tmp_path / f"{keep}.keras"),
+                                 str(tmp_path / f"{keep}.json"), "val_auc", 0, 0,
+                                 keep=keep)
+        cb.set_model(model)
+        cb.on_train_begin()
+        for e, v in enumerate(values):
+            cb.on_epoch_end(e, {"val_auc": v})
+        state = json.load(open(tmp_path / f"{keep}.json"))
+        assert state["epoch"] == want_epoch and state["value"] == values[want_epoch]
+
+
 def test_image_grid_and_history_dedupe(tmp_path):
     grid = training.image_grid(np.full((5, 8, 6, 3), 255, np.uint8), columns=4)
     assert tuple(grid.shape) == (16, 24, 3)
@@ -96,6 +113,8 @@ def test_startup_errors_name_the_flag(tiny_data, tmp_path):
     err(r"--batch_size=64 is larger than the training split", batch_size=64)
     err(r"--optimizer='lion'", optimizer="lion")
     err(r"--val_fold=0: .* no folds", val_fold=0)
+    err(r"--select=last with --patience=5: .* --patience=0", select="last", patience=5)
+    err(r"--select=first", select="first")
     if os.path.exists(SHARED_MNV2):
         err(r"--weights=.*does not match backbone 'tiny'", weights=SHARED_MNV2)
     assert not (tmp_path / "m" / "backup").exists()   # nothing written on a bad start
