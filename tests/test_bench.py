@@ -37,6 +37,7 @@ def test_bench_writes_every_figure(tiny_data, originals, tmp_path):
     assert res["camera"]["images"] == 16
     assert res["camera"]["original_bytes"] > res["camera"]["stored_bytes"] > 0
     assert res["train"]["train_fed"] > 0 and res["train"]["train_constant"] > 0
+    assert len(res["train"]["train_fed_rounds"]) == 2     # alternating rounds, median kept
     for key in bench.RATIOS:
         assert res["ratios"][key] > 0
     assert res["config"]["augment_in_epochs"] is True

@@ -62,13 +62,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
     flags.DEFINE_integer("epochs", 3, "Pipeline epochs: 1 cold + (epochs - 1) cached; >= 2.")
     flags.DEFINE_float("cache_budget_gb", 4.0, "Reader's in-memory cache budget, GiB.")
-    flags.DEFINE_integer("synthetic_images", 300, "Eyes of the camera-resolution synthetic "
+    flags.DEFINE_integer("synthetic_images", 500, "Eyes of the camera-resolution synthetic "
                          "set (0: skip it).")
     flags.DEFINE_string("synthetic_size_range", "1400,3000", "Synthetic image widths, px.")
     flags.DEFINE_integer("camera_stored_size", 0, "Stored size the camera set is converted "
                          "at, px (0: --image_size, i.e. converted at the training size).")
     flags.DEFINE_integer("train_steps", 10, "Timed training steps per feeding (0: skip).")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed training steps first.")
+    flags.DEFINE_integer("train_rounds", 2, "Alternating rounds of constant / fed "
+                         "training; each figure is the median over rounds.")
     flags.DEFINE_enum("train_arch", "mobilenet_v2", ["mobilenet_v2", "tiny"],
                       "Training-step model (tiny: two convolutions, for quick tests).")
     flags.DEFINE_string("weights", "none", "MobileNetV2 weights: none or a .weights.h5 path.")
@@ -327,15 +329,25 @@ def train_rate(model, dataset, steps: int, warmup: int, batch_size: int) -> floa
 
 
 def measure_training(ds, image_size: int, batch_size: int, steps: int, warmup: int,
-                     weights: str, arch: str = "mobilenet_v2") -> dict[str, float]:
-    """Training fed by the (cached) pipeline against one constant batch, same model."""
+                     weights: str, arch: str = "mobilenet_v2",
+                     rounds: int = 2) -> dict[str, float]:
+    """Training fed by the (cached) pipeline against one constant batch, same model.
+
+    The two feedings alternate ``rounds`` times (constant, fed, constant, fed, ...) so
+    that drift of the machine (other jobs, clocks) hits both alike; each figure is the
+    median of its rounds, and every round is kept in ``*_rounds``."""
     tf = _tf()
     model = train_model(image_size, weights, arch)
     images, labels = next(iter(ds))
     constant = tf.data.Dataset.from_tensors((images, labels)).repeat()
     fed = ds.repeat()
-    out = {"train_constant": train_rate(model, constant, steps, warmup, batch_size),
-           "train_fed": train_rate(model, fed, steps, warmup, batch_size)}
+    out: dict[str, Any] = {"train_constant_rounds": [], "train_fed_rounds": []}
+    for _ in range(max(1, rounds)):
+        out["train_constant_rounds"].append(train_rate(model, constant, steps, warmup,
+                                                       batch_size))
+        out["train_fed_rounds"].append(train_rate(model, fed, steps, warmup, batch_size))
+    for key in ("train_constant", "train_fed"):
+        out[key] = float(sorted(out[f"{key}_rounds"])[len(out[f"{key}_rounds"]) // 2])
     out["train_fed_vs_constant"] = ratio(out["train_fed"], out["train_constant"])
     return out
 
@@ -359,8 +371,9 @@ def make_camera_set(n_images: int, size_range: tuple[int, int], stored_size: int
 
 def run_bench(data: str, output: str | None, *, split: str = "train", image_size: int = 384,
               batch_size: int = 64, epochs: int = 3, cache_budget_gb: float = 4.0,
-              synthetic_images: int = 300, size_range: tuple[int, int] = (1400, 3000),
-              train_steps: int = 10, warmup_steps: int = 2, weights: str = "none",
+              synthetic_images: int = 500, size_range: tuple[int, int] = (1400, 3000),
+              train_steps: int = 10, warmup_steps: int = 2, train_rounds: int = 2,
+              weights: str = "none",
               train_arch: str = "mobilenet_v2", camera_stored_size: int = 0,
               precision: str = "auto", augment: str = "auto", originals: str | None = None,
               workdir: str | None = None) -> dict[str, Any]:
@@ -404,7 +417,8 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
         gc.collect()
         if train_steps > 0:                # last: the training step needs the most memory
             results["train"] = measure_training(ds, image_size, batch_size, train_steps,
-                                                warmup_steps, weights, train_arch)
+                                                warmup_steps, weights, train_arch,
+                                                rounds=train_rounds)
         del ds
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -464,7 +478,8 @@ def main(argv: list[str]) -> int:
               batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
               cache_budget_gb=FLAGS.cache_budget_gb, synthetic_images=FLAGS.synthetic_images,
               size_range=(lo, hi), train_steps=FLAGS.train_steps,
-              warmup_steps=FLAGS.warmup_steps, weights=FLAGS.weights,
+              warmup_steps=FLAGS.warmup_steps, train_rounds=FLAGS.train_rounds,
+              weights=FLAGS.weights,
               train_arch=FLAGS.train_arch, camera_stored_size=FLAGS.camera_stored_size,
               precision=FLAGS.precision, augment=FLAGS.augment, originals=FLAGS.originals,
               workdir=FLAGS.workdir)
