@@ -736,7 +736,8 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
     write_json(os.path.join(d, RUN_JSON), run)
     shutil.rmtree(backup_root, ignore_errors=True)
     if cfg.verbose:
-        print(f"[fundus-train] best epoch {run['best']['epoch']}: validation AUC "
+        kept = "best" if cfg.select == "best" else "last"
+        print(f"[fundus-train] {kept} epoch {run['best']['epoch']}: validation AUC "
               f"{val_summary['auc']:.4f} per image, {val_summary['patient_auc']:.4f} per "
               f"patient (majority accuracy {val_majority:.3f}); model {d}/{BEST_MODEL}; "
               f"TensorBoard: tensorboard --logdir {os.path.abspath(logs_dir)}", flush=True)
