@@ -21,7 +21,6 @@ ensemble predicts the ``val`` split. Without validation records the threshold is
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterable, Sequence
@@ -31,6 +30,7 @@ import pandas as pd
 
 from model import io as model_io
 from model import metrics as M
+from pipeline import fileio
 
 CSV_COLUMNS = ["file", "patient", "eye", "sex", "probability"]
 DEFAULT_THRESHOLD = 0.5
@@ -397,19 +397,12 @@ def write_tensorboard(logdir: str, scalars: dict[str, float], pngs: dict[str, st
 
 def write_json(path: str, obj: Any) -> str:
     """Atomic write of strict JSON (NaN never appears: callers convert to null)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return fileio.write_json(path, obj, sort_keys=False, allow_nan=False)
 
 
 def write_csv(path: str, frame: pd.DataFrame) -> str:
-    tmp = path + ".tmp"
-    frame.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, path)
-    return path
+    return fileio.write_atomic(
+        path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6f"))
 
 
 # ------------------------------------------------------------------------- the job

@@ -16,7 +16,6 @@ mean of its members' (members must share the input size).
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from typing import Any, Callable, Iterable, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from model import io as model_io
+from pipeline import fileio
 
 FLOAT32_TOLERANCE = 1e-4
 TFLITE_KINDS = ("float32", "float16", "int8")
@@ -122,11 +122,7 @@ def tflite_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
 
 
 def _write_bytes(path: str, data: bytes) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    return fileio.write_bytes(path, data)
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -175,11 +171,7 @@ def export(members: Sequence[model_io.Member], output: str, check_images: np.nda
         report["tflite"][kind] = entry
     report["ok"] = bool(report["saved_model"]["ok"] and all(
         e.get("ok", True) for e in report["tflite"].values()))
-    tmp = os.path.join(output, "export.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, os.path.join(output, "export.json"))
+    fileio.write_json(os.path.join(output, "export.json"), report, sort_keys=False)
     return report
 
 

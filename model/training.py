@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from model import backbones, classifier, distribute, precision
 from model import metrics as metrics_lib
-from pipeline import augment, reader
+from pipeline import augment, fileio, reader
 from pipeline import manifest as manifest_lib
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -442,11 +442,7 @@ def read_json(path: str) -> Any:
 
 def write_json(path: str, obj: Any) -> None:
     """Atomic JSON write (temporary name, then rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
+    fileio.write_json(path, obj, default=_json_default)
 
 
 def _json_default(o):

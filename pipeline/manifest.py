@@ -28,6 +28,8 @@ import json
 import os
 from typing import Any
 
+from pipeline import fileio
+
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val", "test")
 
@@ -71,12 +73,7 @@ def dumps(manifest: dict[str, Any]) -> str:
 
 def save(data_dir: str, manifest: dict[str, Any]) -> str:
     """Write atomically (temporary name, then rename). Returns the path."""
-    path = manifest_path(data_dir)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(dumps(manifest))
-    os.replace(tmp, path)
-    return path
+    return fileio.write_text(manifest_path(data_dir), dumps(manifest))
 
 
 def shard_paths(data_dir: str, manifest: dict[str, Any], split: str) -> list[str]:

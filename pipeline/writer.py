@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import annotations as annotations_lib
+from pipeline import fileio
 from pipeline import fundus
 from pipeline import manifest as manifest_lib
 from pipeline import selection as selection_lib
@@ -305,10 +306,7 @@ def _read_json(path: str) -> dict | None:
 
 
 def _write_json_atomic(path: str, doc: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(manifest_lib.dumps(doc))
-    os.replace(tmp, path)
+    fileio.write_text(path, manifest_lib.dumps(doc))
 
 
 def _ours(name: str) -> bool:

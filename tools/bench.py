@@ -435,11 +435,8 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
     print(report(results))
     if output:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        tmp = output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, output)
+        from pipeline import fileio  # noqa: PLC0415
+        fileio.write_json(output, results)
     return results
 
 

@@ -1,0 +1,48 @@
+"""Atomic file writes: every JSON/CSV/bytes output of the project goes through here.
+
+A file is written under a temporary name in its own directory and renamed over the target
+when complete (``os.replace``, atomic on POSIX), so a killed job leaves either the old file
+or the new one, never half of one; the temporary is removed when the write fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``. Returns ``path``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Atomic binary write."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write_atomic(path, write)
+
+
+def write_text(path: str, text: str) -> str:
+    """Atomic UTF-8 text write."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return write_atomic(path, write)
+
+
+def write_json(path: str, obj: Any, *, sort_keys: bool = True, allow_nan: bool = True,
+               default: Callable[[Any], Any] | None = None) -> str:
+    """Atomic JSON write: ``indent=2``, a final newline. ``allow_nan=False`` raises on
+    NaN/inf (strict JSON); ``default`` converts what json cannot (numpy scalars, ...)."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys,
+                                       allow_nan=allow_nan, default=default) + "\n")
