@@ -375,6 +375,49 @@ class SelectBest(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+def compile_stage(model: keras.Model, fit_model: keras.Model, cfg: TrainConfig, strategy,
+                  fraction: float, peak: float, steps: int, epochs: int) -> int:
+    """One stage's set-up, shared by ``fundus-train`` and the tuner: unfreeze the top
+    ``fraction`` of ``model``'s backbone and compile ``fit_model`` (the model itself, or
+    the cached-prefix tail that shares its layers) with the stage's optimizer and
+    schedule (``peak`` lr over ``steps`` x ``epochs``). Returns the trainable count."""
+    with strategy.scope():
+        n_trainable = classifier.set_backbone_trainable(model, fraction)
+        lr = learning_rate_for(cfg, peak, steps, epochs)
+        compile_model(fit_model, cfg, make_optimizer(cfg, lr))
+    return n_trainable
+
+
+def stage_callbacks(cfg: TrainConfig, stage: str, first: int, peak: float, *,
+                    run_dir: str, logs_dir: str, majorities: tuple[float, float],
+                    target: keras.Model | None = None, keep: str = "best",
+                    profile_batch: int = 0) -> list:
+    """The callbacks every stage runs with, in order (shared by ``fundus-train`` and the
+    tuner): learning-rate and majority-accuracy logging, the step / plateau schedule,
+    ``TerminateOnNaN``, :class:`SelectBest` (``best.keras`` / ``best.json`` in
+    ``run_dir``; early stopping counts from the fine-tune stage only), ``history.csv``
+    and TensorBoard in ``logs_dir``. ``majorities``: (train, val) majority accuracy."""
+    monitor = metric_key(cfg, "auc")
+    cbs: list = [LearningRateLogger(), MajorityAccuracy(*majorities)]
+    if cfg.schedule == "step":
+        cbs.append(keras.callbacks.LearningRateScheduler(step_schedule(cfg, peak, first)))
+    elif cfg.schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor, mode="max", factor=cfg.step_factor,
+            patience=cfg.plateau_patience, min_lr=peak * 1e-3))
+    cbs += [
+        keras.callbacks.TerminateOnNaN(),
+        SelectBest(os.path.join(run_dir, BEST_MODEL), os.path.join(run_dir, BEST_JSON),
+                   monitor, cfg.patience,
+                   stop_from_epoch=first if stage == STAGE_FINE_TUNE else cfg.epochs,
+                   target=target, keep=keep),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_CSV), append=True),
+        keras.callbacks.TensorBoard(logs_dir, histogram_freq=0, write_graph=False,
+                                    profile_batch=profile_batch),
+    ]
+    return cbs
+
+
 class ImageGrid(keras.callbacks.Callback):
     """At the start of training, writes a grid of training images as seen by the
     model: input and after the augmentation block (``training=True``)."""
@@ -643,31 +686,16 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
     for name, first, end, fraction, peak in stages:
         if any(s[0] == name for s in done):
             continue
-        with strategy.scope():
-            n_trainable = classifier.set_backbone_trainable(model, fraction)
-            lr = learning_rate_for(cfg, peak, steps, end - first)
-            compile_model(fit_model, cfg, make_optimizer(cfg, lr))
-        cbs: list = [LearningRateLogger(), MajorityAccuracy(train_majority, val_majority)]
-        if cfg.schedule == "step":
-            cbs.append(keras.callbacks.LearningRateScheduler(step_schedule(cfg, peak, first)))
-        elif cfg.schedule == "plateau":
-            cbs.append(keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode="max", factor=cfg.step_factor,
-                patience=cfg.plateau_patience, min_lr=peak * 1e-3))
-        nan_cb = keras.callbacks.TerminateOnNaN()
-        cbs += [
-            nan_cb,
-            SelectBest(os.path.join(d, BEST_MODEL), os.path.join(d, BEST_JSON), monitor,
-                       cfg.patience, stop_from_epoch=first if name == STAGE_FINE_TUNE
-                       else cfg.epochs, target=model, keep=cfg.select),
-            keras.callbacks.CSVLogger(os.path.join(d, HISTORY_CSV), append=True),
-            keras.callbacks.TensorBoard(logs_dir, histogram_freq=0, write_graph=False,
-                                        profile_batch=cfg.profile_batch or 0),
-            # double_checkpoint: a kill while the backup is written falls back to the
-            # previous epoch's copy instead of failing on a truncated file
-            keras.callbacks.BackupAndRestore(os.path.join(backup_root, name),
-                                             double_checkpoint=True, delete_checkpoint=False),
-        ]
+        n_trainable = compile_stage(model, fit_model, cfg, strategy, fraction, peak, steps,
+                                    end - first)
+        cbs = stage_callbacks(cfg, name, first, peak, run_dir=d, logs_dir=logs_dir,
+                              majorities=(train_majority, val_majority), target=model,
+                              keep=cfg.select, profile_batch=cfg.profile_batch or 0)
+        # double_checkpoint: a kill while the backup is written falls back to the
+        # previous epoch's copy instead of failing on a truncated file
+        cbs.append(keras.callbacks.BackupAndRestore(os.path.join(backup_root, name),
+                                                    double_checkpoint=True,
+                                                    delete_checkpoint=False))
         if first == 0 and not resumed and cfg.image_grid > 0 and cached is None:
             cbs.append(ImageGrid(os.path.join(logs_dir, "images"),
                                  _sample_images(cfg, train_spec, image_size)))

@@ -9,12 +9,12 @@ and overrides) with the searched values written into it by :func:`apply_values`.
   ``model.classifier.build_classifier`` of the same ``ClassifierConfig`` ``train`` uses
   (built by keras-tuner inside the ``distribution_strategy`` scope);
 * :meth:`FundusHyperModel.fit`: the training job's stages (``TrainConfig.stages``: head,
-  then fine-tune the top ``fine_tune_fraction``) with its building blocks:
-  ``classifier.set_backbone_trainable``, ``training.learning_rate_for``,
-  ``training.make_optimizer``, ``training.compile_model``, its callbacks
-  (``LearningRateLogger``, ``MajorityAccuracy``, step / plateau schedules,
-  ``TerminateOnNaN``, ``SelectBest`` with early stopping) and its input pipeline
-  (``training._datasets``: ``pipeline.reader`` under the strategy).
+  then fine-tune the top ``fine_tune_fraction``) with the job's own per-stage code:
+  ``training.compile_stage`` (unfreeze, optimizer, schedule, compile) and
+  ``training.stage_callbacks`` (``LearningRateLogger``, ``MajorityAccuracy``, step /
+  plateau schedules, ``TerminateOnNaN``, ``SelectBest`` with early stopping, history,
+  TensorBoard), and its input pipeline (``training._datasets``: ``pipeline.reader``
+  under the strategy).
 
 Per trial it writes, in the keras-tuner trial dir: ``best.keras`` + ``best.json``
 (``SelectBest``, as ``fundus-train``), ``history.csv``, ``config.json`` (the trial's
@@ -47,7 +47,7 @@ from tuning import space as space_lib
 
 OBJECTIVE_NAME = "val_auc"
 CONFIG_JSON = "config.json"
-HISTORY_CSV = "history.csv"
+HISTORY_CSV = training.HISTORY_CSV
 
 
 def objective() -> keras_tuner.Objective:
@@ -313,7 +313,6 @@ class FundusHyperModel(keras_tuner.HyperModel):
         ``tuner.search``) is ignored: the trial's ``--verbose`` applies.
         """
         from model import backbones  # noqa: PLC0415
-        from model import classifier  # noqa: PLC0415
         from pipeline import reader  # noqa: PLC0415
         if args or kwargs:
             raise TypeError(f"unexpected fit arguments {args} {sorted(kwargs)}")
@@ -341,34 +340,15 @@ class FundusHyperModel(keras_tuner.HyperModel):
         write_trial_hparams(logdir, self.values(hp), trial_id, self.space)
 
         monitor = training.metric_key(cfg, "auc")
-        best_path = os.path.join(trial_dir, training.BEST_MODEL)
         best_json = os.path.join(trial_dir, training.BEST_JSON)
         for name, first, end, fraction, peak in cfg.stages():
             if end <= initial_epoch:
                 continue                           # hyperband: done by the earlier trial
             first = max(first, initial_epoch)
-            with strategy.scope():
-                classifier.set_backbone_trainable(model, fraction)
-                lr = training.learning_rate_for(cfg, peak, steps, end - first)
-                training.compile_model(model, cfg, training.make_optimizer(cfg, lr))
-            cbs: list = [training.LearningRateLogger(),
-                         training.MajorityAccuracy(t_major, v_major)]
-            if cfg.schedule == "step":
-                cbs.append(keras.callbacks.LearningRateScheduler(
-                    training.step_schedule(cfg, peak, first)))
-            elif cfg.schedule == "plateau":
-                cbs.append(keras.callbacks.ReduceLROnPlateau(
-                    monitor=monitor, mode="max", factor=cfg.step_factor,
-                    patience=cfg.plateau_patience, min_lr=peak * 1e-3))
-            cbs += [
-                keras.callbacks.TerminateOnNaN(),
-                training.SelectBest(best_path, best_json, monitor, cfg.patience,
-                                    stop_from_epoch=first if name == training.STAGE_FINE_TUNE
-                                    else cfg.epochs),
-                keras.callbacks.CSVLogger(os.path.join(trial_dir, HISTORY_CSV), append=True),
-                keras.callbacks.TensorBoard(logdir, histogram_freq=0, write_graph=False,
-                                            profile_batch=0),
-            ]
+            training.compile_stage(model, model, cfg, strategy, fraction, peak, steps,
+                                   end - first)
+            cbs = training.stage_callbacks(cfg, name, first, peak, run_dir=trial_dir,
+                                           logs_dir=logdir, majorities=(t_major, v_major))
             cbs += list(callbacks or [])
             model._initial_epoch = None            # as train(): no epoch carried over
             model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
