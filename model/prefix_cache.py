@@ -128,9 +128,10 @@ def build_encoder(model: keras.Model, prefix: keras.Model) -> keras.Model:
     return keras.Model(inp, x, name="encoder")
 
 
-def build_tail(model: keras.Model, suffix: keras.Model) -> keras.Model:
+def build_tail(model: keras.Model, suffix: keras.Model, upto: str = "") -> keras.Model:
     """activations float32 -> probability: the suffix (BatchNorm frozen as in the
-    classifier) and the classifier's own pool, dropout and ``sex`` layers."""
+    classifier) and the classifier's own pool, dropout and ``sex`` layers; with
+    ``upto="pool"`` it stops at the pooled features."""
     if isinstance(model.output, dict):
         raise ValueError("--cache_frozen_prefix does not support the age head; "
                          "pass --age_loss_weight=0")
@@ -139,6 +140,8 @@ def build_tail(model: keras.Model, suffix: keras.Model) -> keras.Model:
     x = backbones.FrozenStatistics(suffix, frozen=wrapper.frozen, name="suffix")(inp)
     for name in ("pool", "dropout", classifier.SEX_OUTPUT):
         x = model.get_layer(name)(x)
+        if name == upto:
+            return keras.Model(inp, x, name=f"tail_{upto}")
     return keras.Model(inp, x, name="tail")
 
 
@@ -321,6 +324,8 @@ class Prepared:
     train_ds: Any
     val_ds: Any
     info: dict
+    features: keras.Model         # activations -> pooled features (the frozen suffix)
+    train_eval_ds: Any            # the training rows in order, no flip, labels only
 
 
 def _memo_key(cfg, data_dir: str, cut: str, image_size: int, splits) -> str:
@@ -384,4 +389,5 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
         tail,
         cached_dataset(cache, tr, cfg.batch_size, True, cfg.seed, train_weights),
         cached_dataset(cache, va, cfg.batch_size, False, cfg.seed, None),
-        info)
+        info, build_tail(model, suffix, upto="pool"),
+        cached_dataset(cache, tr, cfg.batch_size, False, cfg.seed, None))

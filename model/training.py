@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from model import backbones, classifier, distribute, precision
+from model import head_init as head_init_lib
 from model import metrics as metrics_lib
 from pipeline import augment, fileio, reader
 from pipeline import manifest as manifest_lib
@@ -110,6 +111,8 @@ class TrainConfig:
     cache_budget_gb: float = 4.0
     cache_dir: str | None = None
     train_selection: str = "normal"      # normal: normal eyes only; all: every written eye
+    head_init: str = "random"            # random | logistic (fitted linear probe)
+    head_init_c: float = 1e-3            # logistic: inverse L2 strength (scikit-learn C)
     cache_frozen_prefix: bool = False    # train the top on cached prefix activations
     prefix_cache_dir: str | None = None  # keep those activations on disk between jobs
     profile_batch: int = 0               # TensorBoard profiler batch (0: off)
@@ -176,6 +179,9 @@ class TrainConfig:
             (self.age_loss_weight >= 0, f"--age_loss_weight={self.age_loss_weight}: >= 0"),
             (self.patience >= 0, f"--patience={self.patience}: must be >= 0 (0: off)"),
             (self.select in SELECTS, f"--select={self.select}: one of {', '.join(SELECTS)}"),
+            (self.head_init in head_init_lib.CHOICES,
+             f"--head_init={self.head_init}: one of {', '.join(head_init_lib.CHOICES)}"),
+            (self.head_init_c > 0, f"--head_init_c={self.head_init_c}: must be > 0"),
             (self.select == "best" or self.patience == 0,
              f"--select=last with --patience={self.patience}: early stopping selects on "
              f"the validation split; pass --patience=0"),
@@ -543,6 +549,19 @@ def _datasets(cfg: TrainConfig, strategy, image_size: int):
     return train, val, train_spec, val_spec
 
 
+def _probe_inputs(cfg: TrainConfig, model, cached, train_spec, val_spec, image_size: int):
+    """``(features model, training batches, validation batches)`` for the logistic head:
+    pooled features of the frozen backbone, in evaluation order, labels only."""
+    if cached is not None:
+        return cached.features, cached.train_eval_ds, cached.val_ds
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    tr = dataclasses.replace(_read_config(cfg, image_size, True), sample_weights=False,
+                             with_age=False, cache_budget_gb=0.0, cache_dir=None)
+    va = dataclasses.replace(tr, normal_only=True)
+    return (features, reader.make_dataset(cfg.data, train_spec, False, tr),
+            reader.make_dataset(cfg.data, val_spec, False, va))
+
+
 def _sample_images(cfg: TrainConfig, spec, image_size: int) -> np.ndarray:
     """A few training images (uint8) for the TensorBoard grid, read without a cache."""
     n = max(1, min(cfg.image_grid, cfg.batch_size))
@@ -682,6 +701,17 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
             if os.path.exists(os.path.join(backup_root, f"{s[0]}.done.weights.h5"))]
     if done:
         model.load_weights(os.path.join(backup_root, f"{done[-1][0]}.done.weights.h5"))
+    head_info = None
+    if cfg.head_init == "logistic" and not done:
+        features, tr_batches, va_batches = _probe_inputs(cfg, model, cached, train_spec,
+                                                         val_spec, image_size)
+        head_info = head_init_lib.init_head(
+            features, model.get_layer(classifier.SEX_OUTPUT), tr_batches, va_batches,
+            cfg.head_init_c, train_stats.class_weights() if cfg.class_weights else None)
+        if cfg.verbose:
+            print(f"[fundus-train] head from a logistic probe (C={cfg.head_init_c:g}): "
+                  f"AUC {head_info['train_auc']:.4f} train, {head_info['val_auc']:.4f} "
+                  f"validation, {head_info['seconds']:.0f} s", flush=True)
     stopped_early = terminated_nan = False
     for name, first, end, fraction, peak in stages:
         if any(s[0] == name for s in done):
@@ -752,6 +782,7 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
                  "logs": best["logs"]},
         "val": val_summary,
         "cache_frozen_prefix": cached.info if cached is not None else None,
+        "head_init": head_info,
         "wall_seconds": round(time.time() - t0, 1),
         "outputs": {"best_model": BEST_MODEL, "saved_model": "saved_model",
                     "history": [HISTORY_CSV, HISTORY_JSON], "tensorboard": "logs"},
@@ -901,6 +932,11 @@ _FLAG_HELP = {
     "val_fold": "With --folds data: validate on fold i, train on the other folds.",
     "cache_budget_gb": "Decoded images are cached in memory when they fit this budget, GiB.",
     "cache_dir": "File cache for decoded images that exceed the budget (default: none).",
+    "head_init": "Sex head start: random (Keras init) or logistic (an L2 logistic "
+                 "regression fitted on the frozen backbone's standardised pooled features "
+                 "of the training split, written into the head before the first stage).",
+    "head_init_c": "--head_init=logistic: inverse L2 strength C (scikit-learn convention; "
+                   "smaller is stronger).",
     "cache_frozen_prefix": "Run the frozen backbone prefix once per image (and its mirror "
                            "with --augment_flip), cache the activations in memory and train "
                            "the top on them (all --cv folds share one cache); only the flip "
@@ -926,7 +962,7 @@ def define_flags(flag_values=None) -> None:
     enums = {"backbone": sorted(backbones.BACKBONES), "optimizer": list(OPTIMIZERS),
              "schedule": list(SCHEDULES), "strategy": list(distribute.CHOICES),
              "precision": list(precision.CHOICES), "train_selection": list(SELECTIONS),
-             "select": list(SELECTS)}
+             "select": list(SELECTS), "head_init": list(head_init_lib.CHOICES)}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "augment" or f.name in fv:
             continue

@@ -128,7 +128,7 @@ def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
         weights=wfile, image_size=32, batch_size=8, epochs=1, warmup_epochs=0,
         fine_tune_fraction=frac, learning_rate=1e-2, augment=FLIP_ONLY, image_grid=4,
         cache_frozen_prefix=True, patience=0, verbose=0, seed=1,
-        prefix_cache_dir=str(tmp_path / "acts"), select="last")
+        prefix_cache_dir=str(tmp_path / "acts"), select="last", head_init="logistic")
     prefix_cache._MEMO.clear()
     summary = training.train_cv(cfg, 3)
     assert len(summary["folds"]) == 3 and summary["select"] == "last"
@@ -139,6 +139,9 @@ def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
     assert info[0]["cut_layer"] == "block_12_add" and info[0]["mirrored"]
     assert not info[0]["cache_reused"] and info[1]["cache_reused"] and info[2]["cache_reused"]
     assert info[0]["cache_build_seconds"] >= 0 and info[0]["cached_images"] == 64
+    # the logistic head is fitted on the cached rows of each fold's training split
+    assert [r["head_init"]["train_images"] for r in runs] == \
+        [r["data"]["train"]["records"] for r in runs]
     # the saved artifact is the FULL uint8 classifier, with trained top / frozen prefix
     model = keras.models.load_model(tmp_path / "cv" / "fold_0" / "best.keras", compile=False)
     assert model.input.dtype == "uint8" and model.input.shape[1:] == (32, 32, 3)
