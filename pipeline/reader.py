@@ -328,7 +328,7 @@ def _parsed_records(records: tf.data.Dataset, mode: str, keep=None) -> tf.data.D
 
 
 def _gather_batches(elements: tf.data.Dataset, max_records: int, batch: int,
-                    seed: int | None) -> tf.data.Dataset:
+                    seed: int | None, finish) -> tf.data.Dataset:
     """Training batches from a split held in memory as one array per field.
 
     ``elements`` (decoded records) are batched into ONE element of every record
@@ -338,7 +338,8 @@ def _gather_batches(elements: tf.data.Dataset, max_records: int, batch: int,
     per iteration, reproducible from ``seed``), permutes the record indices with
     ``stateless_shuffle`` and yields ``floor(N / batch)`` batches as ``tf.gather`` of
     ``batch`` indices: a full-split shuffle without an element-wise shuffle buffer, one
-    copy per image and epoch. Peak memory while the split is assembled: about twice the
+    copy per image and epoch; ``finish`` (batch dict -> the dataset's element) runs in
+    the same parallel map as the gather. Peak memory while the split is assembled: about twice the
     decoded split (the records and the array)."""
     whole = elements.batch(max(1, int(max_records))).cache()
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
@@ -350,7 +351,8 @@ def _gather_batches(elements: tf.data.Dataset, max_records: int, batch: int,
         steps = n // batch
         idx = tf.reshape(perm[:steps * batch], [steps, batch])
         return tf.data.Dataset.from_tensor_slices(idx).map(
-            lambda i: {k: tf.gather(v, i) for k, v in split.items()})
+            lambda i: finish({k: tf.gather(v, i) for k, v in split.items()}),
+            num_parallel_calls=AUTOTUNE, deterministic=False)
 
     return tf.data.Dataset.zip(whole, seeds).flat_map(epoch)
 
@@ -429,32 +431,7 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
 
     ds = parsed.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
 
-    # 3. cache decoded uint8
-    need = decoded_bytes(records_here, size)
-    budget = int(cfg.cache_budget_gb * _GB)
-    in_memory = need <= budget
-    if training and in_memory and cfg.shuffle_buffer is None:
-        # 4a. the whole split in memory: reshuffled batches gathered from one array
-        ds = _gather_batches(ds, records_here, batch, cfg.seed)
-    else:
-        if in_memory:
-            ds = ds.cache()
-        elif cfg.cache_dir:
-            ds = ds.cache(_cache_file(cfg.cache_dir, data_dir, spec, cfg, normal_only,
-                                      (pipelines, pipeline_id)))
-        # 4b. shuffle after the cache, every epoch
-        if training:
-            if cfg.shuffle_buffer is not None:
-                buffer = cfg.shuffle_buffer
-            else:
-                fit = budget // max(1, decoded_bytes(1, size))
-                buffer = max(batch * 4, min(records_here, fit))
-            ds = ds.shuffle(max(1, min(buffer, records_here)), seed=cfg.seed,
-                            reshuffle_each_iteration=True)
-        ds = ds.batch(batch, drop_remainder=training, num_parallel_calls=AUTOTUNE,
-                      deterministic=not training)
-
-    # 5. outputs, prefetch
+    # the elements' final form (applied per batch)
     w_female, w_male = stats.class_weights()
     with_age, sample_weights = cfg.with_age, cfg.sample_weights
 
@@ -473,7 +450,33 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
                         "filename": b["filename"], "age": b["age"]})
         return tuple(out)
 
-    ds = ds.map(outputs, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    # 3. cache decoded uint8
+    need = decoded_bytes(records_here, size)
+    budget = int(cfg.cache_budget_gb * _GB)
+    in_memory = need <= budget
+    if training and in_memory and cfg.shuffle_buffer is None:
+        # 4a. the whole split in memory: reshuffled batches gathered from one array
+        ds = _gather_batches(ds, records_here, batch, cfg.seed, outputs)
+    else:
+        if in_memory:
+            ds = ds.cache()
+        elif cfg.cache_dir:
+            ds = ds.cache(_cache_file(cfg.cache_dir, data_dir, spec, cfg, normal_only,
+                                      (pipelines, pipeline_id)))
+        # 4b. shuffle after the cache, every epoch
+        if training:
+            if cfg.shuffle_buffer is not None:
+                buffer = cfg.shuffle_buffer
+            else:
+                fit = budget // max(1, decoded_bytes(1, size))
+                buffer = max(batch * 4, min(records_here, fit))
+            ds = ds.shuffle(max(1, min(buffer, records_here)), seed=cfg.seed,
+                            reshuffle_each_iteration=True)
+        ds = ds.batch(batch, drop_remainder=training, num_parallel_calls=AUTOTUNE,
+                      deterministic=not training)
+        ds = ds.map(outputs, num_parallel_calls=AUTOTUNE, deterministic=not training)
+
+    # 5. prefetch
     ds = ds.prefetch(AUTOTUNE)
     return ds.with_options(_options(training, input_context is not None))
 

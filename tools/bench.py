@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -347,7 +348,7 @@ def measure_training(ds, image_size: int, batch_size: int, steps: int, warmup: i
                                                        batch_size))
         out["train_fed_rounds"].append(train_rate(model, fed, steps, warmup, batch_size))
     for key in ("train_constant", "train_fed"):
-        out[key] = float(sorted(out[f"{key}_rounds"])[len(out[f"{key}_rounds"]) // 2])
+        out[key] = float(statistics.median(out[f"{key}_rounds"]))
     out["train_fed_vs_constant"] = ratio(out["train_fed"], out["train_constant"])
     return out
 
