@@ -350,26 +350,25 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
     splits = tuple(sorted(set(train_spec.splits) | set(val_spec.splits)))
     key = _memo_key(cfg, cfg.data, cut, image_size, splits)
     cache = _MEMO.get(key)
-    if cache is None and cfg.prefix_cache_dir:
-        cache = load_cache(cfg.prefix_cache_dir, key)
-        if cache is not None:
-            _MEMO.clear()
-            _MEMO[key] = cache
+    reused = cache is not None
+    if cache is None:
+        _MEMO.clear()               # one configuration at a time: free the old one first
+        cache = load_cache(cfg.prefix_cache_dir, key) if cfg.prefix_cache_dir else None
+        reused = cache is not None
+        if reused:
             if cfg.verbose:
                 print(f"[prefix-cache] loaded {cut} activations from "
                       f"{os.path.join(cfg.prefix_cache_dir, disk_key(key))}", flush=True)
-    reused = cache is not None
-    if cache is None:
-        _MEMO.clear()
-        flip = bool(cfg.augment is not None and cfg.augment.flip)
-        if cfg.verbose:
-            print(f"[prefix-cache] caching {cut} activations of {'+'.join(splits)} at "
-                  f"{image_size} px{' (+ mirrored)' if flip else ''}", flush=True)
-        cache = build_cache(build_encoder(model, prefix), cfg.data, splits, image_size,
-                            flip, cut, cfg.verbose)
+        else:
+            flip = bool(cfg.augment is not None and cfg.augment.flip)
+            if cfg.verbose:
+                print(f"[prefix-cache] caching {cut} activations of {'+'.join(splits)} at "
+                      f"{image_size} px{' (+ mirrored)' if flip else ''}", flush=True)
+            cache = build_cache(build_encoder(model, prefix), cfg.data, splits, image_size,
+                                flip, cut, cfg.verbose)
+            if cfg.prefix_cache_dir:
+                save_cache(cache, cfg.prefix_cache_dir, key)
         _MEMO[key] = cache
-        if cfg.prefix_cache_dir:
-            save_cache(cache, cfg.prefix_cache_dir, key)
     normal_only = cfg.train_selection == "normal"
     tr, va = cache.rows(train_spec, normal_only), cache.rows(val_spec, True)
     for spec, rows, no in ((train_spec, tr, normal_only), (val_spec, va, True)):

@@ -791,8 +791,7 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
     write_json(os.path.join(d, RUN_JSON), run)
     shutil.rmtree(backup_root, ignore_errors=True)
     if cfg.verbose:
-        kept = "best" if cfg.select == "best" else "last"
-        print(f"[fundus-train] {kept} epoch {run['best']['epoch']}: validation AUC "
+        print(f"[fundus-train] {cfg.select} epoch {run['best']['epoch']}: validation AUC "
               f"{val_summary['auc']:.4f} per image, {val_summary['patient_auc']:.4f} per "
               f"patient (majority accuracy {val_majority:.3f}); model {d}/{BEST_MODEL}; "
               f"TensorBoard: tensorboard --logdir {os.path.abspath(logs_dir)}", flush=True)
@@ -830,18 +829,21 @@ def train_cv(cfg: TrainConfig, k: int) -> dict:
         raise ConfigError(f"--cv={k}: {manifest_lib.manifest_path(cfg.data)} has "
                          f"{folds or 'no'} folds; convert with --folds={k} or pass --cv={folds}")
     os.makedirs(cfg.model_dir, exist_ok=True)
+    monitor = metric_key(cfg, "auc")     # per-image val AUC column of history.csv
     per_fold = []
     for i in range(k):
         fold_dir = os.path.join(cfg.model_dir, f"fold_{i}")
         run = read_json(os.path.join(fold_dir, RUN_JSON))
         if run is None or cfg.overwrite:
             run = train(dataclasses.replace(cfg, model_dir=fold_dir, val_fold=i))
+        history = read_history(os.path.join(fold_dir, HISTORY_CSV))
         per_fold.append({"fold": i, "model_dir": f"fold_{i}", "auc": run["val"]["auc"],
                          "patient_auc": run["val"]["patient_auc"],
                          "best_epoch": run["best"]["epoch"],
                          "val_images": run["val"]["images"],
                          "val_patients": run["val"]["patients"],
-                         "val_auc_by_epoch": _val_auc_by_epoch(fold_dir)})
+                         "val_auc_by_epoch": [r[monitor] for r in history
+                                              if isinstance(r.get(monitor), float)]})
     summary: dict[str, Any] = {"k": k, "select": cfg.select, "folds": per_fold,
                                "manifest_sha256": manifest_lib.manifest_sha256(cfg.data)}
     curves = [f["val_auc_by_epoch"] for f in per_fold]
@@ -855,22 +857,6 @@ def train_cv(cfg: TrainConfig, k: int) -> dict:
                         "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
     write_json(os.path.join(cfg.model_dir, "cv.json"), summary)
     return summary
-
-
-def _val_auc_by_epoch(run_dir: str) -> list[float]:
-    """Per-image validation AUC after each epoch, from ``history.csv`` (epoch order; the
-    last row of an epoch that was logged twice across a restart wins)."""
-    path = os.path.join(run_dir, HISTORY_CSV)
-    if not os.path.exists(path):
-        return []
-    by_epoch: dict[int, float] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            key = next((k for k in row if k.startswith("val_") and k.endswith("auc")
-                        and "pr_" not in k), None)
-            if key is not None and row.get(key):
-                by_epoch[int(row["epoch"])] = float(row[key])
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def format_cv(summary: dict) -> str:
