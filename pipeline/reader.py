@@ -6,12 +6,12 @@ Pipeline of :func:`make_dataset` (one split, or several splits filtered by fold)
       -> [distributed: shard by file when #files >= #input pipelines]
       -> training: shuffle the file list, parallel non-deterministic interleave of
          TFRecordDatasets; evaluation: parallel interleave, deterministic order
-      -> [distributed, few files: shard by record]
+      -> [distributed, few files: shard by record (then the interleave is deterministic)]
       -> parse (vectorised: batch, schema.parse_batch, unbatch; see PARSE_MODES)
       -> filter normal / fold (before any JPEG is decoded)
       -> parallel decode + resize (schema.decode_image) to uint8 [H, W, 3]
-      -> training, in memory (records * H * W * 3 bytes fit --cache_budget_gb):
-         the whole split as ONE cached element [N, ...] (decoded once, the first
+      -> training, one input pipeline, in memory (records * H * W * 3 bytes fit
+         --cache_budget_gb): the whole split as ONE cached element [N, ...] (decoded once, the first
          epoch), then each epoch a fresh permutation gathered in batches
          (drop_remainder; :func:`_gather_batches`)
       -> otherwise: cache (in memory when it fits, else a file cache in cache_dir, else
@@ -54,7 +54,7 @@ EVAL_SPLITS = ("val", "test")
 # parse_single_example. Vectorised measured faster (BUILD_NOTES.md, "Input pipeline
 # benchmark"), so it is the default.
 PARSE_MODES = ("vectorized", "per_record")
-PARSE_BATCH = 256           # serialized records per vectorised parse_example call
+PARSE_BATCH = 64            # serialized records per vectorised parse_example call
 _GB = 1 << 30
 
 
@@ -327,34 +327,52 @@ def _parsed_records(records: tf.data.Dataset, mode: str, keep=None) -> tf.data.D
     return parsed.filter(keep) if keep is not None else parsed
 
 
-def _gather_batches(elements: tf.data.Dataset, max_records: int, batch: int,
+def _gather_batches(elements: tf.data.Dataset, records: int, batch: int,
                     seed: int | None, finish) -> tf.data.Dataset:
     """Training batches from a split held in memory as one array per field.
 
-    ``elements`` (decoded records) are batched into ONE element of every record
-    (``max_records`` >= their number; the batch is allocated at that size) and cached
-    in memory: the first epoch decodes, later epochs read the cache without copying it.
-    Each epoch (each new iterator) draws a seed from ``Dataset.random`` (re-randomised
-    per iteration, reproducible from ``seed``), permutes the record indices with
-    ``stateless_shuffle`` and yields ``floor(N / batch)`` batches as ``tf.gather`` of
-    ``batch`` indices: a full-split shuffle without an element-wise shuffle buffer, one
-    copy per image and epoch; ``finish`` (batch dict -> the dataset's element) runs in
-    the same parallel map as the gather. Peak memory while the split is assembled: about twice the
-    decoded split (the records and the array)."""
-    whole = elements.batch(max(1, int(max_records))).cache()
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    ``elements`` (the ``records`` decoded records of the split, an exact count) are
+    batched into ONE element and cached in memory: the first epoch decodes, later epochs
+    read the cache without copying it. Each epoch (each new iterator) draws one seed
+    from ``Dataset.random`` (re-randomised per iteration, reproducible from ``seed``),
+    permutes ``range(records)`` with ``stateless_shuffle`` and yields
+    ``floor(records / batch)`` batches, each ``tf.gather`` of ``batch`` indices: a
+    full-split shuffle without an element-wise shuffle buffer, one copy per image and
+    epoch. ``finish`` (batch dict -> the dataset's element) runs in the same parallel
+    map as the gather. A split whose size differs from ``records`` fails (once, when it is
+    cached) with an error naming the count.
 
-    def epoch(split: dict[str, tf.Tensor], s: tf.Tensor) -> tf.data.Dataset:
-        n = tf.shape(split["sex"], out_type=tf.int64)[0]
+    The graph is flat on purpose: ``zip(cached split repeated, index batches)`` with no
+    per-epoch ``flat_map``; instantiating a dataset-valued function every epoch cost
+    ~25 ms an epoch (1,472 images: ~90 vs ~70 ms; BUILD_NOTES). Peak memory while the
+    split is assembled: about twice the decoded split (the records and the array)."""
+    n, steps = int(records), int(records) // batch
+
+    def exact(split: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:  # once, when cached
+        check = tf.debugging.assert_equal(
+            tf.shape(split["sex"], out_type=tf.int64)[0], tf.constant(n, tf.int64),
+            message=f"reader: split_stats counted {n} records but the shards hold a "
+                    f"different number (a shard changed after the manifest was written?)")
+        with tf.control_dependencies([check]):
+            return {k: tf.identity(v) for k, v in split.items()}
+
+    # batch(n): a split with more records gives a second, short element, fewer a short
+    # first one; either fails ``exact`` instead of leaving records out or out of range
+    whole = elements.batch(max(1, n)).map(exact).cache()
+
+    def permuted(s: tf.Tensor) -> tf.Tensor:       # [steps, batch] int64 indices
         perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n), seed=tf.stack([s, tf.constant(0, tf.int64)]))
-        steps = n // batch
-        idx = tf.reshape(perm[:steps * batch], [steps, batch])
-        return tf.data.Dataset.from_tensor_slices(idx).map(
-            lambda i: finish({k: tf.gather(v, i) for k, v in split.items()}),
-            num_parallel_calls=AUTOTUNE, deterministic=False)
+            tf.range(n, dtype=tf.int64), seed=tf.stack([s, tf.constant(0, tf.int64)]))
+        return tf.reshape(perm[:steps * batch], [steps, batch])
 
-    return tf.data.Dataset.zip(whole, seeds).flat_map(epoch)
+    index_batches = (tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+                     .take(1).map(permuted).unbatch())
+
+    def gather(split: dict[str, tf.Tensor], idx: tf.Tensor):
+        return finish({k: tf.gather(v, idx) for k, v in split.items()})
+
+    return (tf.data.Dataset.zip(whole.repeat(), index_batches)
+            .map(gather, num_parallel_calls=AUTOTUNE, deterministic=False))
 
 
 def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training: bool,
@@ -409,7 +427,8 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
     records = file_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, buffer_size=8 << 20),
         cycle_length=cycle, block_length=1, num_parallel_calls=AUTOTUNE,
-        deterministic=not training)
+        # sharding by position needs the same record order in every input pipeline
+        deterministic=not training or by_record)
     if by_record:
         records = records.shard(pipelines, pipeline_id)
 
@@ -454,9 +473,10 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
     need = decoded_bytes(records_here, size)
     budget = int(cfg.cache_budget_gb * _GB)
     in_memory = need <= budget
-    if training and in_memory and cfg.shuffle_buffer is None:
-        # 4a. the whole split in memory: reshuffled batches gathered from one array
-        ds = _gather_batches(ds, records_here, batch, cfg.seed, outputs)
+    if training and in_memory and cfg.shuffle_buffer is None and pipelines == 1:
+        # 4a. the whole split in memory: reshuffled batches gathered from one array (its
+        # exact size is known only for one input pipeline: several shard before filtering)
+        ds = _gather_batches(ds, stats.records, batch, cfg.seed, outputs)
     else:
         if in_memory:
             ds = ds.cache()

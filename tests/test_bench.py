@@ -21,8 +21,8 @@ def originals(tiny_data, tmp_path_factory) -> str:
 
 def test_bench_writes_every_figure(tiny_data, originals, tmp_path):
     output = str(tmp_path / "bench.json")
-    bench.run_bench(tiny_data, output, image_size=32, batch_size=8, epochs=2,
-                    synthetic_images=16, size_range=(120, 160), train_steps=1,
+    bench.run_bench(tiny_data, output, image_size=32, batch_size=8, epochs=3,
+                    cold_repeats=2, synthetic_images=16, size_range=(120, 160), train_steps=1,
                     warmup_steps=1, train_arch="tiny", augment="on", originals=originals,
                     workdir=str(tmp_path))
     with open(output, encoding="utf-8") as f:
@@ -34,6 +34,12 @@ def test_bench_writes_every_figure(tiny_data, originals, tmp_path):
                     "pipeline_cached", "decode_bound", "tensor_bound"):
             assert fig[key] > 0 and math.isfinite(fig[key]), (name, key)
     assert res["data"]["images"] == 48 and res["data"]["pipeline_images_per_epoch"] == 48
+    for name in ("data", "camera"):       # medians over repeats, each repeat recorded
+        fig = res[name]
+        assert len(fig["pipeline_cold_epochs"]) == 2
+        assert len(fig["pipeline_cached_epochs"]) == len(fig["tensor_bound_passes"]) == 2
+        assert min(fig["pipeline_cold_epochs"]) <= fig["pipeline_cold"] <= \
+            max(fig["pipeline_cold_epochs"])
     assert res["camera"]["images"] == 16
     assert res["camera"]["original_bytes"] > res["camera"]["stored_bytes"] > 0
     assert res["train"]["train_fed"] > 0 and res["train"]["train_constant"] > 0

@@ -251,6 +251,31 @@ def test_input_context_shards_disjointly(tmp_path, shards):
     assert parts[0] | parts[1] == _normal_ids(40)
 
 
+def test_training_input_pipelines_by_record_are_disjoint(tmp_path):
+    # 3 shards, 4 input pipelines: sharded by record, so the (otherwise
+    # non-deterministic) training interleave must give every pipeline one record order
+    root = write_coded_data(str(tmp_path / "d"), n=40, shards=3)
+    cfg = reader.ReadConfig(image_size=SIZE, batch_size=4, seed=3)
+    parts = []
+    for pid in range(4):
+        ctx = tf.distribute.InputContext(num_input_pipelines=4, input_pipeline_id=pid,
+                                         num_replicas_in_sync=4)
+        ds = reader.make_dataset(root, "train", True, cfg, input_context=ctx)
+        parts.append([i for b in ds for i in decode_index(b[0].numpy())])
+    seen = [i for p in parts for i in p]
+    assert len(seen) == len(set(seen)) > 0      # no record in two pipelines
+
+
+@pytest.mark.parametrize("declared", [9, 11])
+def test_gather_reader_rejects_a_wrong_record_count(declared):
+    elements = tf.data.Dataset.from_tensor_slices(
+        {"image": tf.zeros([10, 2, 2, 3], tf.uint8), "sex": tf.zeros([10], tf.float32)})
+    ds = reader._gather_batches(elements, declared, 2, 0, lambda b: (b["image"], b["sex"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"counted {declared} records"):
+        for _ in ds:
+            pass
+
+
 MIRRORED = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"

@@ -6,12 +6,14 @@ a. ``baseline``: the earlier attempt's loader, ``keras.utils.image_dataset_from_
    over a class-folder tree of links to the *original* JPEGs, ``.cache()``, its
    augmentation layers (flip, rotation, zoom) mapped in tf.data; first and cached epoch;
 b. ``pipeline_cold`` / ``pipeline_cached``: :func:`pipeline.reader.make_dataset` over the
-   converter's shards (training mode), first epoch (read + decode) and later epochs;
+   converter's shards (training mode), first epoch (read + decode; the median of
+   ``--cold_repeats`` freshly built datasets) and later epochs (median of ``--epochs`` - 1);
 c. bounds: ``decode_bound``, JPEG decode + resize (:func:`pipeline.schema.decode_image`,
    the pipeline's own op) of the same stored JPEGs, already in memory, on a thread pool of
    all cores with nothing around it (the faster of cores and 2 x cores threads); and
-   ``tensor_bound``, one pass over the cached uint8 images producing reshuffled batches
-   (a ``tf.gather`` of a random permutation from one in-memory array);
+   ``tensor_bound``, passes over the cached uint8 images producing reshuffled batches
+   (a ``tf.gather`` of a random permutation from one in-memory array; median of as many
+   passes as cached epochs);
 d. ``train_fed`` / ``train_constant``: a MobileNetV2 training step (augmentation block in
    the model) fed by this pipeline (cached epochs), and fed one constant in-memory batch.
 
@@ -61,10 +63,15 @@ def define_flags() -> None:
     flags.DEFINE_string("split", "train", "Split of --data to read.")
     flags.DEFINE_integer("image_size", 384, "Training size, pixels.")
     flags.DEFINE_integer("batch_size", 64, "Batch size.")
-    flags.DEFINE_integer("epochs", 3, "Pipeline epochs: 1 cold + (epochs - 1) cached; >= 2.")
+    flags.DEFINE_integer("epochs", 6, "Pipeline epochs: 1 cold + (epochs - 1) cached; >= 2. "
+                         "The cached figure and the tensor bound are medians over "
+                         "epochs - 1 passes.")
+    flags.DEFINE_integer("cold_repeats", 3, "Cold epochs, each of a freshly built dataset; "
+                         "the cold figure is their median.")
     flags.DEFINE_float("cache_budget_gb", 4.0, "Reader's in-memory cache budget, GiB.")
-    flags.DEFINE_integer("synthetic_images", 500, "Eyes of the camera-resolution synthetic "
-                         "set (0: skip it).")
+    flags.DEFINE_integer("synthetic_images", 512, "Eyes of the camera-resolution synthetic "
+                         "set (0: skip it); a multiple of --batch_size, so that the "
+                         "training epoch (drop_remainder) yields every decoded eye.")
     flags.DEFINE_string("synthetic_size_range", "1400,3000", "Synthetic image widths, px.")
     flags.DEFINE_integer("camera_stored_size", 0, "Stored size the camera set is converted "
                          "at, px (0: --image_size, i.e. converted at the training size).")
@@ -229,21 +236,33 @@ def decode_bound(jpegs: list[bytes], image_size: int) -> dict[str, float]:
     return out
 
 
-def tensor_bound(images, batch_size: int, consume: Callable, seed: int = 0) -> float:
-    """images/s of one pass producing reshuffled batches from one in-memory uint8 array
-    ``[N, H, W, 3]`` (gather of a random permutation) through ``consume``."""
+def tensor_bound(images, batch_size: int, consume: Callable, seed: int = 0,
+                 passes: int = 1) -> list[float]:
+    """images/s of ``passes`` passes, each producing reshuffled batches from one in-memory
+    uint8 array ``[N, H, W, 3]`` (gather of a fresh random permutation) through
+    ``consume``."""
     tf = _tf()
     n = int(images.shape[0])
-    perm = tf.random.shuffle(tf.range(n), seed=seed)
     gather = tf.function(lambda idx: tf.gather(images, idx))
-    gather(perm[:batch_size])
-    batches = (gather(perm[i:i + batch_size]) for i in range(0, n - batch_size + 1, batch_size))
-    return rate(*timed_pass(batches, consume))
+    gather(tf.range(batch_size))
+    out = []
+    for p in range(passes):
+        perm = tf.random.shuffle(tf.range(n), seed=seed + p)
+        batches = (gather(perm[i:i + batch_size])
+                   for i in range(0, n - batch_size + 1, batch_size))
+        out.append(rate(*timed_pass(batches, consume)))
+    return out
 
 
 def measure_set(data_dir: str, split: str, read_cfg, epochs: int, consume: Callable,
-                augment_on: bool, originals: str | None, workdir: str) -> tuple[dict, Any]:
-    """Every epoch figure of one converted set; returns (figures, cached pipeline dataset)."""
+                augment_on: bool, originals: str | None, workdir: str,
+                cold_repeats: int = 3) -> tuple[dict, Any]:
+    """Every epoch figure of one converted set; returns (figures, cached pipeline dataset).
+
+    The pipeline's cold figure is the median over ``cold_repeats`` freshly built
+    datasets (each decodes the split again); its cached figure the median over
+    ``epochs - 1`` cached epochs of the last one, and the tensor bound the median over
+    as many passes: single passes on this shared 2-core VM vary by up to 2x."""
     tf = _tf()
     from pipeline import reader  # noqa: PLC0415
     figures: dict[str, Any] = {}
@@ -266,12 +285,17 @@ def measure_set(data_dir: str, split: str, read_cfg, epochs: int, consume: Calla
     del base
 
     # b. this pipeline
-    ds = reader.make_dataset(data_dir, split, True, read_cfg)
-    cold = timed_pass(ds, consume)
-    figures["pipeline_cold"] = rate(*cold)
+    colds = []
+    for _ in range(max(1, cold_repeats)):
+        ds = None                          # free the previous dataset's cache first
+        ds = reader.make_dataset(data_dir, split, True, read_cfg)
+        colds.append(timed_pass(ds, consume))
+    figures["pipeline_cold_epochs"] = [rate(*c) for c in colds]
+    figures["pipeline_cold"] = statistics.median(figures["pipeline_cold_epochs"])
     cached = [timed_pass(ds, consume) for _ in range(max(1, epochs - 1))]
-    figures["pipeline_cached"] = rate(sum(c[0] for c in cached), sum(c[1] for c in cached))
-    figures["pipeline_images_per_epoch"] = cold[0]
+    figures["pipeline_cached_epochs"] = [rate(*c) for c in cached]
+    figures["pipeline_cached"] = statistics.median(figures["pipeline_cached_epochs"])
+    figures["pipeline_images_per_epoch"] = colds[0][0]
 
     # c. bounds
     figures["decode_bound_detail"] = decode_bound([r["jpeg"] for r in recs],
@@ -279,7 +303,9 @@ def measure_set(data_dir: str, split: str, read_cfg, epochs: int, consume: Calla
     figures["decode_bound"] = figures["decode_bound_detail"]["best"]
     plain = reader.make_dataset(data_dir, split, False, read_cfg)
     images = tf.concat([b[0] for b in plain], axis=0)
-    figures["tensor_bound"] = tensor_bound(images, read_cfg.batch_size, consume)
+    figures["tensor_bound_passes"] = tensor_bound(images, read_cfg.batch_size, consume,
+                                                  passes=max(1, epochs - 1))
+    figures["tensor_bound"] = statistics.median(figures["tensor_bound_passes"])
     del images, plain
     shutil.rmtree(tree, ignore_errors=True)
     figures["cold_vs_decode_bound"] = ratio(figures["pipeline_cold"], figures["decode_bound"])
@@ -371,8 +397,8 @@ def make_camera_set(n_images: int, size_range: tuple[int, int], stored_size: int
 
 
 def run_bench(data: str, output: str | None, *, split: str = "train", image_size: int = 384,
-              batch_size: int = 64, epochs: int = 3, cache_budget_gb: float = 4.0,
-              synthetic_images: int = 500, size_range: tuple[int, int] = (1400, 3000),
+              batch_size: int = 64, epochs: int = 6, cache_budget_gb: float = 4.0,
+              cold_repeats: int = 3, synthetic_images: int = 512, size_range: tuple[int, int] = (1400, 3000),
               train_steps: int = 10, warmup_steps: int = 2, train_rounds: int = 2,
               weights: str = "none",
               train_arch: str = "mobilenet_v2", camera_stored_size: int = 0,
@@ -393,7 +419,7 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
     consume = make_consumer(augment_on, device)
     results: dict[str, Any] = {
         "config": {"data": os.path.abspath(data), "split": split, "image_size": image_size,
-                   "batch_size": batch_size, "epochs": epochs,
+                   "batch_size": batch_size, "epochs": epochs, "cold_repeats": cold_repeats,
                    "cache_budget_gb": cache_budget_gb, "augment_in_epochs": augment_on,
                    "precision": policy, "device": device, "train_arch": train_arch,
                    "camera_stored_size": camera_stored_size or image_size, "cpu_cores": os.cpu_count(),
@@ -404,14 +430,14 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
     workdir = tempfile.mkdtemp(prefix="fundus_bench_", dir=workdir)
     try:
         figures, ds = measure_set(data, split, read_cfg, epochs, consume, augment_on,
-                                  originals, workdir)
+                                  originals, workdir, cold_repeats)
         results["data"] = figures
         print("data figures:", json.dumps(figures, sort_keys=True), flush=True)
         if synthetic_images > 0:
             camera_dir = make_camera_set(synthetic_images, size_range,
                                          camera_stored_size or image_size, workdir)
             cam, cam_ds = measure_set(camera_dir, "train", read_cfg, epochs, consume,
-                                      augment_on, None, workdir)
+                                      augment_on, None, workdir, cold_repeats)
             del cam_ds
             results["camera"] = cam
             print("camera figures:", json.dumps(cam, sort_keys=True), flush=True)
@@ -474,6 +500,7 @@ def main(argv: list[str]) -> int:
                              "two integers MIN,MAX expected") from None
     run_bench(FLAGS.data, FLAGS.output, split=FLAGS.split, image_size=FLAGS.image_size,
               batch_size=FLAGS.batch_size, epochs=FLAGS.epochs,
+              cold_repeats=FLAGS.cold_repeats,
               cache_budget_gb=FLAGS.cache_budget_gb, synthetic_images=FLAGS.synthetic_images,
               size_range=(lo, hi), train_steps=FLAGS.train_steps,
               warmup_steps=FLAGS.warmup_steps, train_rounds=FLAGS.train_rounds,
