@@ -11,8 +11,8 @@ Pipeline of :func:`make_dataset` (one split, or several splits filtered by fold)
       -> filter normal / fold (before any JPEG is decoded)
       -> parallel decode + resize (schema.decode_image) to uint8 [H, W, 3]
       -> training, one input pipeline, in memory (records * H * W * 3 bytes fit
-         --cache_budget_gb): the whole split as ONE cached element [N, ...] (decoded once, the first
-         epoch), then each epoch a fresh permutation gathered in batches
+         --cache_budget_gb): the whole split as ONE cached element [N, ...] (decoded
+         once, the first epoch), then each epoch a fresh permutation gathered in batches
          (drop_remainder; :func:`_gather_batches`)
       -> otherwise: cache (in memory when it fits, else a file cache in cache_dir, else
          none) -> training: shuffle (reshuffled every epoch) -> batch (training:

@@ -29,7 +29,8 @@ included exactly when ours is.
 ``--data`` is measured as given; then a camera-resolution synthetic set
 (``--synthetic_images`` eyes, 1,400-3,000 px wide, :func:`tools.synth.make_synthetic`) is
 written and converted (:func:`pipeline.writer.convert`, stored at ``--camera_stored_size``,
-by default the training size) in a temporary folder and measured the same way, without the training comparison.
+by default the training size) in a temporary folder and measured the same way, without
+the training comparison.
 
     fundus-bench --data=DIR --output=bench.json [--image_size=384 --batch_size=64]
 """
@@ -398,7 +399,8 @@ def make_camera_set(n_images: int, size_range: tuple[int, int], stored_size: int
 
 def run_bench(data: str, output: str | None, *, split: str = "train", image_size: int = 384,
               batch_size: int = 64, epochs: int = 6, cache_budget_gb: float = 4.0,
-              cold_repeats: int = 3, synthetic_images: int = 512, size_range: tuple[int, int] = (1400, 3000),
+              cold_repeats: int = 3, synthetic_images: int = 512,
+              size_range: tuple[int, int] = (1400, 3000),
               train_steps: int = 10, warmup_steps: int = 2, train_rounds: int = 2,
               weights: str = "none",
               train_arch: str = "mobilenet_v2", camera_stored_size: int = 0,
@@ -422,7 +424,8 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
                    "batch_size": batch_size, "epochs": epochs, "cold_repeats": cold_repeats,
                    "cache_budget_gb": cache_budget_gb, "augment_in_epochs": augment_on,
                    "precision": policy, "device": device, "train_arch": train_arch,
-                   "camera_stored_size": camera_stored_size or image_size, "cpu_cores": os.cpu_count(),
+                   "camera_stored_size": camera_stored_size or image_size,
+                   "cpu_cores": os.cpu_count(),
                    "tensorflow": tf.__version__, "keras": keras.__version__,
                    "python": platform.python_version(), "weights": weights,
                    "command": " ".join(sys.argv)},
