@@ -343,8 +343,8 @@ def _gather_batches(elements: tf.data.Dataset, records: int, batch: int,
     cached) with an error naming the count.
 
     The graph is flat on purpose: ``zip(cached split repeated, index batches)`` with no
-    per-epoch ``flat_map``; instantiating a dataset-valued function every epoch cost
-    ~25 ms an epoch (1,472 images: ~90 vs ~70 ms; BUILD_NOTES). Peak memory while the
+    per-epoch ``flat_map``; instantiating a dataset-valued function every epoch made a
+    1,472-image in-memory epoch ~100-118 ms against ~60-85 ms (BUILD_NOTES, session 3). Peak memory while the
     split is assembled: about twice the decoded split (the records and the array)."""
     n, steps = int(records), int(records) // batch
 
