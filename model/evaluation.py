@@ -33,6 +33,7 @@ from model import metrics as M
 from pipeline import fileio
 
 CSV_COLUMNS = ["file", "patient", "eye", "sex", "probability"]
+OOF = "oof"      # --split=oof: each fold model on its own validation fold
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -175,6 +176,59 @@ def validation_predictions(members: Sequence[model_io.Member], data_dir: str, sp
            else f"no validation records in {data_dir} (empty or no 'val' split, no folds "
                 "matching the models' val_fold)")
     return None, "none", f"{why}: Youden threshold not chosen, {DEFAULT_THRESHOLD} used"
+
+
+def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *,
+                            batch_size: int = 32, tta: str = "none") -> pd.DataFrame:
+    """``--split=oof``: every member on its own validation fold (its run.json
+    ``val_fold``; normal eyes of the train+val splits, as ``fundus-train`` validated it),
+    concatenated, with a ``fold`` column. For a ``fundus-train --cv=K`` dir this is the
+    CV's pooled out-of-fold prediction. Raises ValueError naming the member without a
+    fold, a fold the data lacks, or a fold given twice."""
+    from pipeline import manifest as manifest_lib  # noqa: PLC0415
+    from pipeline import reader  # noqa: PLC0415
+
+    k = int(manifest_lib.load(data_dir).get("folds") or 0)
+    folds = [_val_fold(m.run_info) for m in members]
+    for m, f in zip(members, folds):
+        if f is None or f >= k:
+            raise ValueError(f"--split=oof: {m.path} has no validation fold of {data_dir} "
+                             f"(run.json val_fold {f}, data folds {k}); oof needs the fold "
+                             f"models of fundus-train --cv on the data they were trained on")
+    if len(set(folds)) != len(folds):
+        raise ValueError(f"--split=oof: several models validate on the same fold "
+                         f"({sorted(folds)}); give one model per fold")
+    parts = []
+    for m, f in zip(members, folds):
+        part = predict_split([m], data_dir, reader.training_split(data_dir, f)[1],
+                             batch_size=batch_size, tta=tta)
+        parts.append(part.assign(fold=f))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _auc_or_none(y, p) -> float | None:
+    try:
+        return _num(M.roc_auc(y, p))
+    except ValueError:          # one class only
+        return None
+
+
+def fold_metrics(frame: pd.DataFrame) -> dict[str, Any]:
+    """Per fold of an ``oof`` frame: image and patient AUC; and their mean and sample sd
+    over the folds where both are defined (the figures ``fundus-train --cv`` writes to
+    cv.json)."""
+    rows = []
+    for f in sorted(frame["fold"].unique()):
+        part = frame[frame["fold"] == f]
+        y, p = part["label"].to_numpy(), part["probability"].to_numpy()
+        y_pat, p_pat = M.per_patient(y, p, part["patient"])
+        rows.append({"fold": int(f), "n_images": int(len(part)),
+                     "image_auc": _auc_or_none(y, p), "patient_auc": _auc_or_none(y_pat, p_pat)})
+    out: dict[str, Any] = {"folds": rows}
+    for key in ("image_auc", "patient_auc"):
+        v = np.array([r[key] for r in rows if r[key] is not None], np.float64)
+        out[key] = {"mean": _num(v.mean()), "sd": _num(v.std(ddof=1)) if v.size > 1 else 0.0}
+    return out
 
 
 def youden_thresholds(val: pd.DataFrame | None) -> tuple[dict[str, float], str | None]:
@@ -414,22 +468,32 @@ def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str 
     """Evaluate model(s) on ``split`` of ``data_dir``; write outputs when ``output_dir``.
 
     ``model_paths``: a model dir, ``.keras`` file, ensemble dir, or several (list or comma
-    string); or pass loaded ``members``. Returns the metrics dict written to metrics.json.
+    string); or pass loaded ``members``. ``tta``: none, flip, or auto (flip when every
+    member was trained with ``--tta=flip``, :func:`model.io.resolve_tta`); metrics.json
+    records the one used. Returns the metrics dict written to metrics.json.
     """
     from pipeline import manifest as manifest_lib  # noqa: PLC0415
 
     if members is None:
         members = model_io.load_models(model_paths)
+    tta = model_io.resolve_tta(tta, members)
     man = manifest_lib.load(data_dir)
-    if split not in man["splits"] or manifest_lib.split_size(man, split) == 0:
-        raise ValueError(f"--split={split}: {data_dir} has no records in split {split!r} "
-                         f"(splits: {sorted(man['splits'])})")
-    frame = predict_split(members, data_dir, split, batch_size=batch_size, tta=tta)
+    if split == OOF:
+        frame = out_of_fold_predictions(members, data_dir, batch_size=batch_size, tta=tta)
+        val, source = None, "none"
+        note = "--split=oof: the predictions are the validation folds themselves"
+    else:
+        if split not in man["splits"] or manifest_lib.split_size(man, split) == 0:
+            raise ValueError(f"--split={split}: {data_dir} has no records in split "
+                             f"{split!r} (splits: {sorted(man['splits'])}, or oof)")
+        frame = predict_split(members, data_dir, split, batch_size=batch_size, tta=tta)
+        val, source, note = validation_predictions(members, data_dir, split,
+                                                   batch_size=batch_size, tta=tta)
     if not len(frame):
         raise ValueError(f"--split={split}: no normal-fundus records in {data_dir}")
-    val, source, note = validation_predictions(members, data_dir, split,
-                                               batch_size=batch_size, tta=tta)
     thresholds, tnote = youden_thresholds(val)
+    if split == OOF:
+        tnote = f"{note}: Youden threshold not chosen, {DEFAULT_THRESHOLD} used"
     result = compute_metrics(frame, thresholds, bootstrap=bootstrap, seed=seed)
     result = {
         "n_images": result["n_images"], "n_patients": result["n_patients"],
@@ -441,8 +505,10 @@ def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str 
         "data": os.path.abspath(data_dir), "split": split, "tta": tta,
         "bootstrap": {"n": int(bootstrap), "seed": int(seed), "resampled": "patients"},
         "models": [m.path for m in members],
-        "members": member_metrics(frame, members),
+        "members": member_metrics(frame, members) if split != OOF else None,
     }
+    if split == OOF:
+        result["cv"] = fold_metrics(frame)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         write_csv(os.path.join(output_dir, "predictions.csv"),

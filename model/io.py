@@ -195,6 +195,21 @@ def image_sizes(members: Sequence[Member]) -> list[int]:
     return sorted({m.image_size for m in members})
 
 
+TTA_CHOICES = ("auto", "none", "flip")
+
+
+def resolve_tta(tta: str, members: Sequence[Member]) -> str:
+    """``none`` or ``flip`` for ``--tta=tta``: ``auto`` is ``flip`` when every member was
+    trained with ``fundus-train --tta=flip`` (its run.json ``val_tta``), so a recipe's
+    ensemble is evaluated the way its CV figures were measured; else ``none``."""
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta={tta!r}: use one of {', '.join(TTA_CHOICES)}")
+    if tta != "auto":
+        return tta
+    flips = [m.run_info.get("val_tta") == "flip" for m in members]
+    return "flip" if flips and all(flips) else "none"
+
+
 def make_predict_fn(model, tta: str = "none"):
     """A compiled ``uint8 [B, H, W, 3] -> float32 [B]`` probability function.
 

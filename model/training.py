@@ -53,6 +53,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 SELECTIONS = ("normal", "all")
 SELECTS = ("best", "last")                # which epoch's model is kept
+TTAS = ("none", "flip")                   # final validation prediction (model.io)
 STAGE_HEAD = "head"
 STAGE_FINE_TUNE = "fine_tune"
 RUN_JSON = "run.json"
@@ -107,6 +108,8 @@ class TrainConfig:
     seed: int = 42
     patience: int = 5                    # early stopping on val AUC (0: off)
     select: str = "best"                 # best: best val AUC epoch; last: last epoch
+    swa_epochs: int = 0                  # > 0: keep the mean weights of the last K epochs
+    tta: str = "none"                    # final validation prediction: none | flip
     val_fold: int | None = None
     cache_budget_gb: float = 4.0
     cache_dir: str | None = None
@@ -179,6 +182,11 @@ class TrainConfig:
             (self.age_loss_weight >= 0, f"--age_loss_weight={self.age_loss_weight}: >= 0"),
             (self.patience >= 0, f"--patience={self.patience}: must be >= 0 (0: off)"),
             (self.select in SELECTS, f"--select={self.select}: one of {', '.join(SELECTS)}"),
+            (self.tta in TTAS, f"--tta={self.tta}: one of {', '.join(TTAS)}"),
+            (self.swa_epochs >= 0, f"--swa_epochs={self.swa_epochs}: must be >= 0 (0: off)"),
+            (self.swa_epochs == 0 or self.select == "last",
+             f"--swa_epochs={self.swa_epochs} averages the last epochs' weights; it needs "
+             f"--select=last (and --patience=0), not --select={self.select}"),
             (self.head_init in head_init_lib.CHOICES,
              f"--head_init={self.head_init}: one of {', '.join(head_init_lib.CHOICES)}"),
             (self.head_init_c > 0, f"--head_init_c={self.head_init_c}: must be > 0"),
@@ -192,6 +200,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        last_stage = self.stages()[-1]
+        if self.swa_epochs > last_stage[2] - last_stage[1]:
+            raise ValueError(f"--swa_epochs={self.swa_epochs}: the last stage "
+                             f"({last_stage[0]}) has only {last_stage[2] - last_stage[1]} "
+                             f"epochs; lower it or raise --epochs")
         if self.prefix_cache_dir and not self.cache_frozen_prefix:
             raise ValueError(f"--prefix_cache_dir={self.prefix_cache_dir} needs "
                              f"--cache_frozen_prefix")
@@ -379,6 +392,59 @@ class SelectBest(keras.callbacks.Callback):
             best_epoch = self.best["epoch"] if self.best else -1
             if epoch - max(best_epoch, self.stop_from_epoch - 1) >= self.patience:
                 self.model.stop_training = True
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """``--swa_epochs=K``: the mean of the trainable weights after each of the stage's last
+    K epochs (epochs ``first_epoch`` .. end - 1, 0-based), written into ``target`` when the
+    stage ends and saved as its model (``path``; ``state_path`` gains ``swa_epochs``).
+
+    With BatchNorm statistics frozen (pretrained backbones) the averaged weights need no
+    statistics update, so the average is exact. Restart-safe: the running mean, its count
+    and the last epoch included go to ``state_dir/swa.npz`` (atomically) after every
+    averaged epoch; an epoch a resumed run repeats is not counted twice."""
+
+    def __init__(self, target: keras.Model, first_epoch: int, path: str, state_path: str,
+                 state_dir: str):
+        super().__init__()
+        self.target, self.first_epoch = target, int(first_epoch)
+        self.path, self.state_path = path, state_path
+        self.file = os.path.join(state_dir, "swa.npz")
+        self.mean: list[np.ndarray] = []
+        self.count, self.last_epoch = 0, -1
+
+    def on_train_begin(self, logs=None):
+        self.mean, self.count, self.last_epoch = [], 0, -1
+        if os.path.exists(self.file):
+            with np.load(self.file) as z:
+                self.count, self.last_epoch = int(z["count"]), int(z["last_epoch"])
+                self.mean = [z[f"w{i}"] for i in range(len(z.files) - 2)]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.first_epoch or epoch <= self.last_epoch:
+            return
+        w = [v.numpy().astype(np.float64) for v in self.target.trainable_weights]
+        if not self.mean:
+            self.mean = w
+        else:
+            self.mean = [m + (x - m) / (self.count + 1) for m, x in zip(self.mean, w)]
+        self.count, self.last_epoch = self.count + 1, int(epoch)
+        arrays = {f"w{i}": m for i, m in enumerate(self.mean)}
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, count=self.count, last_epoch=self.last_epoch, **arrays)
+        fileio.write_atomic(self.file, write)
+
+    def on_train_end(self, logs=None):
+        if not self.count:
+            return
+        for v, m in zip(self.target.trainable_weights, self.mean):
+            v.assign(m.astype(v.dtype))
+        save_model(self.target, self.path)
+        best = read_json(self.state_path) or {}
+        best["swa_epochs"] = [self.last_epoch - self.count + 2, self.last_epoch + 1]
+        write_json(self.state_path, best)
 
 
 def compile_stage(model: keras.Model, fit_model: keras.Model, cfg: TrainConfig, strategy,
@@ -575,12 +641,14 @@ def _sample_images(cfg: TrainConfig, spec, image_size: int) -> np.ndarray:
 
 def predict_split(model, cfg: TrainConfig, spec, image_size: int) -> dict[str, np.ndarray]:
     """``{"y", "p", "patient_id"}`` of every record of ``spec`` (evaluation order), through
-    :func:`model.evaluation.predict_split` (the one prediction path of evaluation)."""
+    :func:`model.evaluation.predict_split` (the one prediction path of evaluation), with
+    the flip TTA when ``cfg.tta == "flip"``."""
     from model import evaluation  # noqa: PLC0415
     from model import io as model_io  # noqa: PLC0415
     member = model_io.Member(model_io.sex_model(model), {"path": os.path.join(
         cfg.model_dir, BEST_MODEL), "image_size": image_size})
-    frame = evaluation.predict_split([member], cfg.data, spec, batch_size=cfg.batch_size)
+    frame = evaluation.predict_split([member], cfg.data, spec, batch_size=cfg.batch_size,
+                                     tta=cfg.tta)
     return {"y": frame["label"].to_numpy(np.float64),
             "p": frame["probability"].to_numpy(np.float64),
             "patient_id": frame["patient"].to_numpy().astype(str)}
@@ -721,6 +789,9 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
         cbs = stage_callbacks(cfg, name, first, peak, run_dir=d, logs_dir=logs_dir,
                               majorities=(train_majority, val_majority), target=model,
                               keep=cfg.select, profile_batch=cfg.profile_batch or 0)
+        if cfg.swa_epochs and (name, first, end) == stages[-1][:3]:
+            cbs.append(WeightAverage(model, end - cfg.swa_epochs, os.path.join(d, BEST_MODEL),
+                                     os.path.join(d, BEST_JSON), backup_root))
         # double_checkpoint: a kill while the backup is written falls back to the
         # previous epoch's copy instead of failing on a truncated file
         cbs.append(keras.callbacks.BackupAndRestore(os.path.join(backup_root, name),
@@ -779,7 +850,8 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None) -> dict:
         "epochs_run": len(history), "stopped_early": stopped_early,
         "terminated_on_nan": terminated_nan, "resumed": resumed,
         "best": {"epoch": best["epoch"] + 1, "monitor": monitor, "value": best["value"],
-                 "logs": best["logs"]},
+                 "logs": best["logs"], "swa_epochs": best.get("swa_epochs")},
+        "val_tta": cfg.tta,
         "val": val_summary,
         "cache_frozen_prefix": cached.info if cached is not None else None,
         "head_init": head_info,
@@ -844,7 +916,8 @@ def train_cv(cfg: TrainConfig, k: int) -> dict:
                          "val_patients": run["val"]["patients"],
                          "val_auc_by_epoch": [r[monitor] for r in history
                                               if isinstance(r.get(monitor), float)]})
-    summary: dict[str, Any] = {"k": k, "select": cfg.select, "folds": per_fold,
+    summary: dict[str, Any] = {"k": k, "select": cfg.select, "swa_epochs": cfg.swa_epochs,
+                               "tta": cfg.tta, "folds": per_fold,
                                "manifest_sha256": manifest_lib.manifest_sha256(cfg.data)}
     curves = [f["val_auc_by_epoch"] for f in per_fold]
     n = min(len(c) for c in curves)
@@ -916,6 +989,11 @@ _FLAG_HELP = {
               "AUC is then optimistic) or last (the last epoch; nothing is selected on "
               "validation, use it for honest --cv figures, with --patience=0).",
     "val_fold": "With --folds data: validate on fold i, train on the other folds.",
+    "swa_epochs": "K > 0: keep the mean of the trainable weights after each of the last "
+                  "K epochs (weight averaging; exact with frozen BatchNorm statistics); "
+                  "needs --select=last. 0: off.",
+    "tta": "Final validation prediction (run.json, cv.json): none, or flip (mean of the "
+           "image and its left-right mirror, as fundus-evaluate --tta=flip).",
     "cache_budget_gb": "Decoded images are cached in memory when they fit this budget, GiB.",
     "cache_dir": "File cache for decoded images that exceed the budget (default: none).",
     "head_init": "Sex head start: random (Keras init) or logistic (an L2 logistic "
@@ -948,7 +1026,8 @@ def define_flags(flag_values=None) -> None:
     enums = {"backbone": sorted(backbones.BACKBONES), "optimizer": list(OPTIMIZERS),
              "schedule": list(SCHEDULES), "strategy": list(distribute.CHOICES),
              "precision": list(precision.CHOICES), "train_selection": list(SELECTIONS),
-             "select": list(SELECTS), "head_init": list(head_init_lib.CHOICES)}
+             "select": list(SELECTS), "head_init": list(head_init_lib.CHOICES),
+             "tta": list(TTAS)}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "augment" or f.name in fv:
             continue

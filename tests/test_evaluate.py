@@ -123,6 +123,20 @@ def test_flip_tta_averages_mirror():
         model_io.make_predict_fn(model, "rot90")
 
 
+def test_auto_tta_follows_the_training_runs():
+    """auto: flip only when every member's run.json says it was validated with flip."""
+    flip = model_io.Member(None, {"path": "a", "image_size": 8, "val_tta": "flip"})
+    plain = model_io.Member(None, {"path": "b", "image_size": 8, "val_tta": "none"})
+    old = model_io.Member(None, {"path": "c", "image_size": 8})    # before --tta existed
+    assert model_io.resolve_tta("auto", [flip, flip]) == "flip"
+    assert model_io.resolve_tta("auto", [flip, plain]) == "none"
+    assert model_io.resolve_tta("auto", [old]) == "none"
+    assert model_io.resolve_tta("none", [flip]) == "none"
+    assert model_io.resolve_tta("flip", [plain]) == "flip"
+    with pytest.raises(ValueError, match="--tta='rot90'"):
+        model_io.resolve_tta("rot90", [flip])
+
+
 def test_fold_ensemble_dir_uses_out_of_fold_threshold(tiny_fold_data, tmp_path):
     ens = tmp_path / "cv"
     for k in range(3):
@@ -136,6 +150,40 @@ def test_fold_ensemble_dir_uses_out_of_fold_threshold(tiny_fold_data, tmp_path):
     assert m["threshold"]["n_validation_images"] == 64
     assert len(m["members"]) == 3 and m["image"]["auc"] > 0.9
     assert m["image"]["auc_ci95"] == [None, None]        # --bootstrap=0
+
+
+def test_oof_split_pools_each_fold_model_on_its_own_fold(tiny_fold_data, tmp_path):
+    """--split=oof: fold k's model predicts exactly fold k's validation records, every
+    train+val record once; per-fold AUCs and their mean are reported; errors name the
+    problem."""
+    from pipeline import reader
+    ens = tmp_path / "cv"
+    for k in range(3):
+        tm.save_model_dir(tm.planted_model(64), str(ens / f"fold_{k}"), val_fold=k)
+    m = evaluation.evaluate(str(ens), tiny_fold_data, "oof", str(tmp_path / "out"),
+                            bootstrap=20)
+    frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(frame) == 64 and frame["file"].is_unique
+    assert sorted(frame["fold"].unique()) == [0, 1, 2]
+    for k in range(3):
+        spec = reader.training_split(tiny_fold_data, k)[1]
+        want = evaluation.predict_split(model_io.load_models(str(ens / f"fold_{k}")),
+                                        tiny_fold_data, spec)
+        assert sorted(frame.loc[frame["fold"] == k, "file"]) == sorted(want["file"])
+    cv = m["cv"]
+    assert [f["fold"] for f in cv["folds"]] == [0, 1, 2]
+    assert sum(f["n_images"] for f in cv["folds"]) == 64
+    assert cv["image_auc"]["mean"] == pytest.approx(
+        np.mean([f["image_auc"] for f in cv["folds"]]))
+    assert m["image"]["auc"] > 0.9 and m["image"]["auc_ci95"][0] is not None
+    assert m["threshold"]["image"] == 0.5 and "oof" in m["threshold"]["note"]
+    assert m["members"] is None
+    with pytest.raises(ValueError, match="fold_0.*no validation fold"):
+        evaluation.evaluate(str(ens / "fold_0"), write_tiny_data(str(tmp_path / "no_folds")),
+                            "oof", None, bootstrap=0)
+    twice = f"{ens / 'fold_1'},{ens / 'fold_1'}"
+    with pytest.raises(ValueError, match="same fold"):
+        evaluation.evaluate(twice, tiny_fold_data, "oof", None, bootstrap=0)
 
 
 def test_load_models_errors_name_the_path(tmp_path):

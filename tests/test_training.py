@@ -115,9 +115,86 @@ def test_startup_errors_name_the_flag(tiny_data, tmp_path):
     err(r"--val_fold=0: .* no folds", val_fold=0)
     err(r"--select=last with --patience=5: .* --patience=0", select="last", patience=5)
     err(r"--select=first", select="first")
+    err(r"--swa_epochs=2 .* needs --select=last", swa_epochs=2)
+    err(r"--swa_epochs=4: the last stage \(fine_tune\) has only 3 epochs", swa_epochs=4,
+        select="last", patience=0)
+    err(r"--tta=rotate", tta="rotate")
     if os.path.exists(SHARED_MNV2):
         err(r"--weights=.*does not match backbone 'tiny'", weights=SHARED_MNV2)
     assert not (tmp_path / "m" / "backup").exists()   # nothing written on a bad start
+
+
+def test_weight_average_is_the_mean_of_the_last_epochs_and_restart_safe(tmp_path):
+    """Epochs 0..4 with weights 0, 1, 2, 3, 4 and K = 3 (first averaged epoch 2): the
+    model ends at mean(2, 3, 4) = 3, saved to the path; a run killed after epoch 3 and
+    resumed (epoch 3 repeated with other weights) counts epoch 3 once."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    kernel, bias = model.trainable_weights
+    path, state = str(tmp_path / "best.keras"), str(tmp_path / "best.json")
+    training.write_json(state, {"epoch": 4})
+
+    def epochs(cb, values, first_epoch):
+        cb.set_model(model)
+        cb.on_train_begin()
+        for e, v in enumerate(values, start=first_epoch):
+            kernel.assign(np.full((2, 1), v, np.float32))
+            bias.assign(np.full((1,), -v, np.float32))
+            cb.on_epoch_end(e, {})
+
+    def make():
+        return training.WeightAverage(model, 2, path, state, str(tmp_path))
+
+    epochs(make(), [0, 1, 2, 3], 0)          # killed after epoch 3 (0-based)
+    assert not os.path.exists(path)          # nothing averaged is written before the end
+    cb = make()
+    epochs(cb, [30, 4], 3)                   # resumed: epoch 3 again (not counted), 4
+    cb.on_train_end()
+    np.testing.assert_allclose(kernel.numpy(), np.full((2, 1), 3.0))
+    np.testing.assert_allclose(bias.numpy(), [-3.0])
+    saved = keras.models.load_model(path)
+    np.testing.assert_allclose(saved.trainable_weights[0].numpy(), np.full((2, 1), 3.0))
+    assert json.load(open(state)) == {"epoch": 4, "swa_epochs": [3, 5]}
+
+
+class _Weights(keras.callbacks.Callback):
+    """Records the target's trainable weights after every epoch."""
+
+    def __init__(self, target_of):
+        super().__init__()
+        self.target_of, self.by_epoch = target_of, {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.by_epoch[epoch] = [w.numpy().copy() for w in self.target_of().trainable_weights]
+
+
+def test_swa_run_keeps_the_mean_of_the_last_epochs_and_flip_tta(tiny_data, tmp_path):
+    """--swa_epochs=2 --tta=flip: best.keras holds the mean of epochs 3 and 4's
+    trainable weights, and run.json's validation AUC is the flip-TTA prediction."""
+    from model import evaluation
+    from model import io as model_io
+    from model import metrics as metrics_lib
+    cfg = _cfg(tiny_data, str(tmp_path / "m"), select="last", patience=0, swa_epochs=2,
+               tta="flip", image_grid=0)
+    holder = {}
+    rec = _Weights(lambda: holder["model"])
+
+    class _Grab(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            holder.setdefault("model", self.model)
+    run = training.train(cfg, callbacks=[_Grab(), rec])
+    assert run["best"]["swa_epochs"] == [3, 4] and run["val_tta"] == "flip"
+    best = keras.models.load_model(os.path.join(cfg.model_dir, "best.keras"))
+    names = [w.path for w in holder["model"].trainable_weights]
+    by_path = {w.path: w.numpy() for w in best.weights}
+    for i, name in enumerate(names):
+        want = (rec.by_epoch[2][i] + rec.by_epoch[3][i]) / 2
+        np.testing.assert_allclose(by_path[name], want, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(rec.by_epoch[2], rec.by_epoch[3]))
+    member = model_io.Member(model_io.sex_model(best), {"path": "x", "image_size": 32})
+    frame = evaluation.predict_split([member], tiny_data, "val", tta="flip")
+    assert run["val"]["auc"] == pytest.approx(metrics_lib.roc_auc(
+        frame["label"].to_numpy(float), frame["probability"].to_numpy(float)))
+    assert not os.path.exists(os.path.join(cfg.model_dir, "backup"))
 
 
 # ------------------------------------------------------------ interrupted + resumed run

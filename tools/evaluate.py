@@ -3,6 +3,10 @@
     fundus-evaluate --data=DATA --model=RUN_DIR --output=EVAL_DIR [--split=test]
                     [--tta=flip] [--bootstrap=2000] [--seed=0] [--batch_size=32]
 
+``--split=oof`` evaluates a ``fundus-train --cv`` dir on its own validation folds (each
+fold model on the fold it never trained on): the pooled out-of-fold AUC with its
+patient-bootstrap interval, and the per-fold AUCs with their mean ± sd.
+
 ``--model`` is a model dir (``best.keras`` + ``run.json``), a ``.keras`` file, an ensemble
 dir (``fold_*/`` of ``fundus-train --cv``, or a dir of model dirs), or a comma list of
 these (one ensemble: probabilities averaged). Writes ``metrics.json``, ``predictions.csv``,
@@ -17,13 +21,16 @@ from absl import flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Converted data dir (fundus-convert output).")
-flags.DEFINE_string("split", "test", "Split to evaluate: train, val or test.")
+flags.DEFINE_string("split", "test", "Split to evaluate: train, val or test; or oof (the "
+                    "fold models of a fundus-train --cv dir, each on its own validation "
+                    "fold: the CV's pooled out-of-fold AUC with a patient-bootstrap CI).")
 flags.DEFINE_list("model", None, "Model dir(s), .keras file(s) or an ensemble dir; a comma "
                   "list forms one ensemble (mean probability).")
 flags.DEFINE_string("output", None, "Output dir for metrics.json, predictions.csv, plots, "
                     "tensorboard/.")
-flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation: flip averages "
-                  "the image and its left-right mirror.")
+flags.DEFINE_enum("tta", "auto", ["auto", "none", "flip"], "Test-time augmentation: flip "
+                  "averages the image and its left-right mirror; auto: flip when every "
+                  "model was trained with fundus-train --tta=flip (its run.json), else none.")
 flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bound=1)
 flags.DEFINE_integer("bootstrap", 2000, "Patient-bootstrap resamples for the 95% CIs "
                      "(0: no interval).", lower_bound=0)
@@ -41,7 +48,12 @@ def _summary(m: dict) -> str:
                 f"acc@0.5 {d['at_0_5']['accuracy']:.3f}  "
                 f"bal.acc@Youden({d['at_youden']['threshold']:.3f}) "
                 f"{d['at_youden']['balanced_accuracy']:.3f}")
-    return "\n".join([one("image"), one("patient"),
+    cv = m.get("cv")
+    folds = [] if not cv else [
+        f"folds   AUC per image {cv['image_auc']['mean']:.3f} ± {cv['image_auc']['sd']:.3f}, "
+        f"per patient {cv['patient_auc']['mean']:.3f} ± {cv['patient_auc']['sd']:.3f} "
+        f"(mean ± sd over {len(cv['folds'])} folds)"]
+    return "\n".join([one("image"), one("patient"), *folds,
                       f"majority-class accuracy {m['majority_accuracy']:.3f}; "
                       f"threshold from {m['threshold']['source']}"
                       + (f" ({m['threshold']['note']})" if m["threshold"]["note"] else "")])

@@ -21,7 +21,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("model", None, "Model dir(s), .keras file(s) or an ensemble dir.")
 flags.DEFINE_list("inputs", [], "Photos: files, folders or globs (also positional args).")
 flags.DEFINE_string("output", "predictions.csv", "CSV to write.")
-flags.DEFINE_enum("tta", "none", ["none", "flip"], "Test-time augmentation.")
+flags.DEFINE_enum("tta", "auto", ["auto", "none", "flip"], "Test-time augmentation: flip "
+                  "averages the image and its left-right mirror; auto: flip when every "
+                  "model was trained with fundus-train --tta=flip (its run.json), else none.")
 flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bound=1)
 flags.DEFINE_string("threshold", "0.5", "Probability at or above which predicted_sex is "
                     "male: a number in [0, 1], or 'youden' for the threshold in run.json.")
@@ -60,7 +62,8 @@ def main(argv: list[str]) -> int:
         logging.info("%d photos; %d models; stored format %d px q%d from %s", len(files),
                      len(members), fmt.image_size, fmt.jpeg_quality, fmt.source)
         frame = prediction.predict_files(members, files, fmt, batch_size=FLAGS.batch_size,
-                                         tta=FLAGS.tta, threshold=threshold,
+                                         tta=model_io.resolve_tta(FLAGS.tta, members),
+                                         threshold=threshold,
                                          workers=FLAGS.workers)
     except (ValueError, FileNotFoundError) as e:
         logging.error("fundus-predict: %s", e)
