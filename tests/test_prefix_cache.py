@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model import backbones, classifier, prefix_cache, training
-from pipeline import augment
+from pipeline import augment, reader
 
 FLIP_ONLY = augment.AugmentConfig(flip=True, rotation_deg=0, zoom=0, translate=0,
                                   brightness=0, contrast=0, saturation=0, hue=0, seed=1)
@@ -161,7 +161,10 @@ def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
     # a later job (empty process memo) loads the activations from --prefix_cache_dir
     prefix_cache._MEMO.clear()
     assert len(os.listdir(tmp_path / "acts")) == 1
-    again = training.train(dataclasses.replace(cfg, model_dir=str(tmp_path / "again"),
-                                               val_fold=0))
-    assert again["cache_frozen_prefix"]["cache_reused"]
-    assert again["cache_frozen_prefix"]["cached_images"] == 64
+    fold0 = dataclasses.replace(cfg, val_fold=0)
+    train_spec, val_spec = reader.training_split(cfg.data, 0)
+    again = prefix_cache.prepare(classifier.build_classifier(classifier.ClassifierConfig(
+        backbone="mobilenet_v2", image_size=32, weights=wfile, augment=FLIP_ONLY)), fold0,
+        train_spec, val_spec, 32, None)
+    assert again.info["cache_reused"] and again.info["cached_images"] == 64
+    assert again.info["train_rows"] == runs[0]["data"]["train"]["records"]

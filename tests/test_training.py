@@ -168,13 +168,13 @@ class _Weights(keras.callbacks.Callback):
 
 
 def test_swa_run_keeps_the_mean_of_the_last_epochs_and_flip_tta(tiny_data, tmp_path):
-    """--swa_epochs=2 --tta=flip: best.keras holds the mean of epochs 3 and 4's
+    """--swa_epochs=2 --tta=flip: best.keras holds the mean of epochs 2 and 3's
     trainable weights, and run.json's validation AUC is the flip-TTA prediction."""
     from model import evaluation
     from model import io as model_io
     from model import metrics as metrics_lib
-    cfg = _cfg(tiny_data, str(tmp_path / "m"), select="last", patience=0, swa_epochs=2,
-               tta="flip", image_grid=0)
+    cfg = _cfg(tiny_data, str(tmp_path / "m"), epochs=3, select="last", patience=0,
+               swa_epochs=2, tta="flip", image_grid=0)
     holder = {}
     rec = _Weights(lambda: holder["model"])
 
@@ -182,14 +182,14 @@ def test_swa_run_keeps_the_mean_of_the_last_epochs_and_flip_tta(tiny_data, tmp_p
         def on_train_begin(self, logs=None):
             holder.setdefault("model", self.model)
     run = training.train(cfg, callbacks=[_Grab(), rec])
-    assert run["best"]["swa_epochs"] == [3, 4] and run["val_tta"] == "flip"
+    assert run["best"]["swa_epochs"] == [2, 3] and run["val_tta"] == "flip"
     best = keras.models.load_model(os.path.join(cfg.model_dir, "best.keras"))
     names = [w.path for w in holder["model"].trainable_weights]
     by_path = {w.path: w.numpy() for w in best.weights}
     for i, name in enumerate(names):
-        want = (rec.by_epoch[2][i] + rec.by_epoch[3][i]) / 2
+        want = (rec.by_epoch[1][i] + rec.by_epoch[2][i]) / 2
         np.testing.assert_allclose(by_path[name], want, rtol=1e-5, atol=1e-6)
-    assert any(not np.allclose(a, b) for a, b in zip(rec.by_epoch[2], rec.by_epoch[3]))
+    assert any(not np.allclose(a, b) for a, b in zip(rec.by_epoch[1], rec.by_epoch[2]))
     member = model_io.Member(model_io.sex_model(best), {"path": "x", "image_size": 32})
     frame = evaluation.predict_split([member], tiny_data, "val", tta="flip")
     assert run["val"]["auc"] == pytest.approx(metrics_lib.roc_auc(

@@ -1,6 +1,7 @@
 """Search-space parsing (pure) and the HyperModel/tuner library on the tiny data set."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -147,6 +148,13 @@ def test_check_space_validates_every_corner(tiny_data):
     bad = space_lib.load(None, ["optimizer=adam|lamb"])
     with pytest.raises(ValueError, match="optimizer='lamb'"):
         hm.check_space(base, bad)
+    # fundus-train flags a trial would not apply are refused, set or searched
+    space = space_lib.load(None, ["dropout=0.1|0.3"])
+    with pytest.raises(ValueError, match="--cache_frozen_prefix=True, --select=last, "
+                                         "--swa_epochs=2: fundus-train flags that "
+                                         "fundus-tune trials do not apply"):
+        hm.check_space(dataclasses.replace(base, cache_frozen_prefix=True, select="last",
+                                           patience=0, swa_epochs=2), space)
 
 
 def test_summary_rows_sorted_by_val_auc_failed_last():

@@ -124,10 +124,29 @@ def apply_values(base: training.TrainConfig, values: Mapping[str, Any]) -> train
     return cfg
 
 
+# fundus-train flags a trial does not apply (its objective is the best epoch's val AUC,
+# on images): refused instead of ignored
+_TRIAL_DEFAULTS = {"cache_frozen_prefix": False, "prefix_cache_dir": None,
+                   "head_init": "random", "select": "best", "swa_epochs": 0, "tta": "none"}
+
+
+def check_trial_flags(cfg: training.TrainConfig, where: str = "") -> None:
+    """Raise ValueError naming the ``fundus-train`` flags set in ``cfg`` that a sweep's
+    trials do not apply (:data:`_TRIAL_DEFAULTS`)."""
+    bad = [f"--{k}={getattr(cfg, k)}" for k, v in _TRIAL_DEFAULTS.items()
+           if getattr(cfg, k) != v]
+    if bad:
+        raise ValueError(f"{where + ': ' if where else ''}{', '.join(bad)}: fundus-train "
+                         f"flags that fundus-tune trials do not apply (a trial keeps its "
+                         f"best epoch by validation AUC, trained on images); drop them "
+                         f"from the sweep and use them in fundus-train")
+
+
 def check_space(base: training.TrainConfig, space: space_lib.SearchSpace) -> None:
     """Every searched name must be settable, and every corner value (choices, min, max)
     valid for the training job (``TrainConfig.validate``; its value checks run only when
     ``base.data`` holds a manifest, as on the machines that train)."""
+    check_trial_flags(base)
     names = set(settable_names())
     for name in space.searched:
         if name not in names:
@@ -144,7 +163,9 @@ def check_space(base: training.TrainConfig, space: space_lib.SearchSpace) -> Non
 
 
 def _validate_flags(cfg: training.TrainConfig, where: str) -> None:
-    """``TrainConfig.validate`` minus the data-dir check (the chief has no data)."""
+    """``TrainConfig.validate`` minus the data-dir check (the chief has no data), and
+    :func:`check_trial_flags`."""
+    check_trial_flags(cfg, where)
     try:
         dataclasses.replace(cfg, data=cfg.data or ".", model_dir=cfg.model_dir or ".").validate()
     except FileNotFoundError as e:
