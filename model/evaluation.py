@@ -214,9 +214,9 @@ def _auc_or_none(y, p) -> float | None:
 
 
 def fold_metrics(frame: pd.DataFrame) -> dict[str, Any]:
-    """Per fold of an ``oof`` frame: image and patient AUC; and their mean and sample sd
-    over the folds where both are defined (the figures ``fundus-train --cv`` writes to
-    cv.json)."""
+    """Per fold of an ``oof`` frame: image and patient AUC (None where a fold has one
+    class only), and each one's mean and sample sd over the folds where it is defined
+    (the figures ``fundus-train --cv`` writes to cv.json)."""
     rows = []
     for f in sorted(frame["fold"].unique()):
         part = frame[frame["fold"] == f]
