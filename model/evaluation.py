@@ -139,6 +139,22 @@ def _count(data_dir: str, spec) -> int:
         return 0
 
 
+def _own_fold_frames(members: Sequence[model_io.Member], folds: Sequence[int], data_dir: str,
+                     *, batch_size: int, tta: str) -> list[pd.DataFrame]:
+    """Each member's predictions on its own validation fold ``folds[i]`` (normal eyes of
+    the train+val splits, ``reader.training_split``), with a ``fold`` column; folds with
+    no records are left out."""
+    from pipeline import reader  # noqa: PLC0415
+
+    parts = []
+    for m, f in zip(members, folds):
+        spec = reader.training_split(data_dir, f)[1]
+        if _count(data_dir, spec):
+            parts.append(predict_split([m], data_dir, spec, batch_size=batch_size,
+                                       tta=tta).assign(fold=f))
+    return parts
+
+
 def validation_predictions(members: Sequence[model_io.Member], data_dir: str, split: str, *,
                            batch_size: int = 32, tta: str = "none"
                            ) -> tuple[pd.DataFrame | None, str, str | None]:
@@ -149,17 +165,12 @@ def validation_predictions(members: Sequence[model_io.Member], data_dir: str, sp
     on the ``val`` split, else ``None`` with a note saying why.
     """
     from pipeline import manifest as manifest_lib  # noqa: PLC0415
-    from pipeline import reader  # noqa: PLC0415
 
     man = manifest_lib.load(data_dir)
     folds = [_val_fold(m.run_info) for m in members]
     k = int(man.get("folds") or 0)
     if k >= 2 and all(f is not None and f < k for f in folds):
-        parts = []
-        for m, f in zip(members, folds):
-            spec = reader.training_split(data_dir, f)[1]
-            if _count(data_dir, spec):
-                parts.append(predict_split([m], data_dir, spec, batch_size=batch_size, tta=tta))
+        parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta)
         if parts:
             frame = pd.concat(parts, ignore_index=True)
             src = (f"out-of-fold: each member on its own val_fold (folds "
@@ -186,7 +197,6 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
     CV's pooled out-of-fold prediction. Raises ValueError naming the member without a
     fold, a fold the data lacks, or a fold given twice."""
     from pipeline import manifest as manifest_lib  # noqa: PLC0415
-    from pipeline import reader  # noqa: PLC0415
 
     k = int(manifest_lib.load(data_dir).get("folds") or 0)
     folds = [_val_fold(m.run_info) for m in members]
@@ -198,11 +208,10 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
     if len(set(folds)) != len(folds):
         raise ValueError(f"--split=oof: several models validate on the same fold "
                          f"({sorted(folds)}); give one model per fold")
-    parts = []
-    for m, f in zip(members, folds):
-        part = predict_split([m], data_dir, reader.training_split(data_dir, f)[1],
-                             batch_size=batch_size, tta=tta)
-        parts.append(part.assign(fold=f))
+    parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta)
+    if not parts:
+        raise ValueError(f"--split=oof: no normal-fundus records in the models' folds "
+                         f"{sorted(folds)} of {data_dir}")
     return pd.concat(parts, ignore_index=True)
 
 
@@ -317,11 +326,8 @@ def member_metrics(frame: pd.DataFrame, members: Sequence[model_io.Member]) -> l
     out = []
     for i, m in enumerate(members):
         col = f"member_{i}" if f"member_{i}" in frame else "probability"
-        try:
-            auc = _num(M.roc_auc(frame["label"], frame[col]))
-        except ValueError:
-            auc = None
-        out.append({"path": m.path, "image_size": m.image_size, "image_auc": auc})
+        out.append({"path": m.path, "image_size": m.image_size,
+                    "image_auc": _auc_or_none(frame["label"], frame[col])})
     return out
 
 
@@ -481,7 +487,8 @@ def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str 
     if split == OOF:
         frame = out_of_fold_predictions(members, data_dir, batch_size=batch_size, tta=tta)
         val, source = None, "none"
-        note = "--split=oof: the predictions are the validation folds themselves"
+        note = (f"--split=oof: the predictions are the validation folds themselves: Youden "
+                f"threshold not chosen, {DEFAULT_THRESHOLD} used")
     else:
         if split not in man["splits"] or manifest_lib.split_size(man, split) == 0:
             raise ValueError(f"--split={split}: {data_dir} has no records in split "
@@ -492,8 +499,6 @@ def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str 
     if not len(frame):
         raise ValueError(f"--split={split}: no normal-fundus records in {data_dir}")
     thresholds, tnote = youden_thresholds(val)
-    if split == OOF:
-        tnote = f"{note}: Youden threshold not chosen, {DEFAULT_THRESHOLD} used"
     result = compute_metrics(frame, thresholds, bootstrap=bootstrap, seed=seed)
     result = {
         "n_images": result["n_images"], "n_patients": result["n_patients"],

@@ -195,7 +195,8 @@ def image_sizes(members: Sequence[Member]) -> list[int]:
     return sorted({m.image_size for m in members})
 
 
-TTA_CHOICES = ("auto", "none", "flip")
+TTAS = ("none", "flip")              # what make_predict_fn does
+TTA_CHOICES = ("auto", *TTAS)         # what the --tta flags accept (resolve_tta)
 
 
 def resolve_tta(tta: str, members: Sequence[Member]) -> str:
@@ -217,7 +218,7 @@ def make_predict_fn(model, tta: str = "none"):
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    if tta not in ("none", "flip"):
+    if tta not in TTAS:
         raise ValueError(f"--tta must be none or flip, got {tta!r}")
 
     @tf.function(reduce_retracing=True)

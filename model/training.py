@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from model import backbones, classifier, distribute, precision
 from model import head_init as head_init_lib
+from model import io as model_io
 from model import metrics as metrics_lib
 from pipeline import augment, fileio, reader
 from pipeline import manifest as manifest_lib
@@ -53,7 +54,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "step", "plateau")
 SELECTIONS = ("normal", "all")
 SELECTS = ("best", "last")                # which epoch's model is kept
-TTAS = ("none", "flip")                   # final validation prediction (model.io)
 STAGE_HEAD = "head"
 STAGE_FINE_TUNE = "fine_tune"
 RUN_JSON = "run.json"
@@ -182,7 +182,8 @@ class TrainConfig:
             (self.age_loss_weight >= 0, f"--age_loss_weight={self.age_loss_weight}: >= 0"),
             (self.patience >= 0, f"--patience={self.patience}: must be >= 0 (0: off)"),
             (self.select in SELECTS, f"--select={self.select}: one of {', '.join(SELECTS)}"),
-            (self.tta in TTAS, f"--tta={self.tta}: one of {', '.join(TTAS)}"),
+            (self.tta in model_io.TTAS,
+             f"--tta={self.tta}: one of {', '.join(model_io.TTAS)}"),
             (self.swa_epochs >= 0, f"--swa_epochs={self.swa_epochs}: must be >= 0 (0: off)"),
             (self.swa_epochs == 0 or self.select == "last",
              f"--swa_epochs={self.swa_epochs} averages the last epochs' weights; it needs "
@@ -644,7 +645,6 @@ def predict_split(model, cfg: TrainConfig, spec, image_size: int) -> dict[str, n
     :func:`model.evaluation.predict_split` (the one prediction path of evaluation), with
     the flip TTA when ``cfg.tta == "flip"``."""
     from model import evaluation  # noqa: PLC0415
-    from model import io as model_io  # noqa: PLC0415
     member = model_io.Member(model_io.sex_model(model), {"path": os.path.join(
         cfg.model_dir, BEST_MODEL), "image_size": image_size})
     frame = evaluation.predict_split([member], cfg.data, spec, batch_size=cfg.batch_size,
@@ -1027,7 +1027,7 @@ def define_flags(flag_values=None) -> None:
              "schedule": list(SCHEDULES), "strategy": list(distribute.CHOICES),
              "precision": list(precision.CHOICES), "train_selection": list(SELECTIONS),
              "select": list(SELECTS), "head_init": list(head_init_lib.CHOICES),
-             "tta": list(TTAS)}
+             "tta": list(model_io.TTAS)}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "augment" or f.name in fv:
             continue

@@ -344,8 +344,9 @@ def _gather_batches(elements: tf.data.Dataset, records: int, batch: int,
 
     The graph is flat on purpose: ``zip(cached split repeated, index batches)`` with no
     per-epoch ``flat_map``; instantiating a dataset-valued function every epoch made a
-    1,472-image in-memory epoch ~100-118 ms against ~60-85 ms (BUILD_NOTES, session 3). Peak memory while the
-    split is assembled: about twice the decoded split (the records and the array)."""
+    1,472-image in-memory epoch ~100-118 ms against ~60-85 ms (BUILD_NOTES, session 3).
+    Peak memory while the split is assembled: about twice the decoded split (the records
+    and the array)."""
     n, steps = int(records), int(records) // batch
 
     def exact(split: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:  # once, when cached
