@@ -1,4 +1,5 @@
-"""Atomic file writes: every JSON/CSV/bytes output of the project goes through here.
+"""Atomic file writes and JSON reads: every JSON/CSV/bytes/PNG output of the project is
+written here, and every JSON file it reads back is read here.
 
 A file is written under a temporary name in its own directory and renamed over the target
 when complete (``os.replace``, atomic on POSIX), so a killed job leaves either the old file
@@ -46,3 +47,18 @@ def write_json(path: str, obj: Any, *, sort_keys: bool = True, allow_nan: bool =
     NaN/inf (strict JSON); ``default`` converts what json cannot (numpy scalars, ...)."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys,
                                        allow_nan=allow_nan, default=default) + "\n")
+
+
+def read_json(path: str, missing: Any = None) -> Any:
+    """The JSON document at ``path``; ``missing`` when the file does not exist.
+
+    Raises ``ValueError`` naming the file when it exists but is not valid JSON (a file
+    written through :func:`write_json` is never half-written, so this means it was edited
+    or written by something else)."""
+    if not os.path.exists(path):
+        return missing
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
