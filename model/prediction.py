@@ -10,9 +10,11 @@ does in ``fundus-evaluate`` (agreement to float rounding):
    training size (what the reader does);
 3. the model (and its left-right mirror with ``tta="flip"``); an ensemble averages.
 
-The stored size and JPEG quality are the training data's (:func:`stored_format`):
-``run.json["data_image_size"]`` / ``["data_jpeg_quality"]``, else the manifest of the data
-dir that ``run.json`` names (or ``--data``), else the defaults 512 px / quality 95.
+The stored size and JPEG quality are the training data's (:func:`stored_format`): what the
+run record says (``model.rundir.stored_format``: ``data.stored_size`` /
+``data.jpeg_quality``, copied from the manifest at training time, so a model dir that
+travelled without its data still knows them), else the manifest of ``--data`` or of the
+data dir the run record names, else the defaults 512 px / quality 95.
 
 Inputs that cannot be read or hold no fundus get a row with ``error`` set; the others go on.
 """
@@ -26,8 +28,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from model import io as model_io
+from model import rundir
+from pipeline import fileio, fundus, schema
+from pipeline import manifest as manifest_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 DEFAULT_STORED_SIZE = 512
@@ -44,24 +50,7 @@ class StoredFormat:
     source: str           # where the values came from (for logs and the CSV's reader)
 
 
-def _data_dirs(info: dict) -> list[str]:
-    """Data dirs a run.json names: ``data.dir`` (fundus-train), ``data``/``data_dir``
-    strings, and the same under ``flags``."""
-    flags = info.get("flags") if isinstance(info.get("flags"), dict) else {}
-    out = []
-    for src in (info, flags):
-        for key in ("data", "data_dir"):
-            v = src.get(key)
-            if isinstance(v, dict):
-                v = v.get("dir")
-            if isinstance(v, str) and v:
-                out.append(v)
-    return out
-
-
 def _manifest_format(data_dir: str) -> tuple[int, int] | None:
-    from pipeline import manifest as manifest_lib  # noqa: PLC0415
-
     try:
         man = manifest_lib.load(data_dir)
     except (OSError, ValueError):
@@ -72,12 +61,14 @@ def _manifest_format(data_dir: str) -> tuple[int, int] | None:
 
 
 def member_format(info: dict, data_dir: str | None = None) -> StoredFormat | None:
-    """The stored format one member's run.json (or ``data_dir``'s manifest) records."""
-    if info.get("data_image_size"):
-        return StoredFormat(int(info["data_image_size"]),
-                            int(info.get("data_jpeg_quality") or DEFAULT_JPEG_QUALITY),
-                            f"{info.get('path', 'run.json')}: run.json")
-    for d in ([data_dir] if data_dir else []) + _data_dirs(info):
+    """The stored format one member's run record (or ``data_dir``'s manifest, or the
+    manifest of the data dir the record names) gives."""
+    recorded = rundir.stored_format(info)
+    if recorded:
+        return StoredFormat(recorded[0], recorded[1],
+                            f"{info.get('path', rundir.RUN_JSON)}: {rundir.RUN_JSON}")
+    named = rundir.data_dir(info)
+    for d in ([data_dir] if data_dir else []) + ([named] if named else []):
         found = _manifest_format(d)
         if found:
             return StoredFormat(found[0], found[1], f"{d}/manifest.json")
@@ -104,7 +95,8 @@ def stored_format(members: Sequence[model_io.Member], data_dir: str | None = Non
     if stored_size or jpeg_quality:
         source = "flags"
     else:
-        source = base.source if base else "defaults (no run.json data_image_size or manifest)"
+        source = base.source if base else ("defaults (no stored format in run.json and no "
+                                           "manifest)")
     return StoredFormat(int(size), int(quality), source)
 
 
@@ -142,8 +134,6 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str
 
 def prepare_one(path: str, fmt: StoredFormat) -> tuple[bytes | None, str]:
     """The converter's JPEG of one photo, or ``(None, error)``."""
-    from pipeline import fundus  # noqa: PLC0415
-
     try:
         return fundus.prepare_file(path, fmt.image_size, fmt.jpeg_quality), ""
     except fundus.FundusError as e:
@@ -154,10 +144,6 @@ def prepare_one(path: str, fmt: StoredFormat) -> tuple[bytes | None, str]:
 
 def _decode_batches(jpegs: list[bytes], image_size: int, batch_size: int):
     """uint8 ``[B, S, S, 3]`` batches of ``schema.decode_image`` (the reader's decode)."""
-    import tensorflow as tf  # noqa: PLC0415
-
-    from pipeline import schema  # noqa: PLC0415
-
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs, tf.string))
     ds = ds.map(lambda b: schema.decode_image(b, image_size), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
@@ -217,30 +203,19 @@ def predict_files(members: Sequence[model_io.Member], files: Sequence[str], fmt:
 
 
 def model_threshold(members: Sequence[model_io.Member]) -> float:
-    """The Youden threshold recorded in the members' run.json (mean over members).
-
-    Looks for ``youden_threshold`` (top level or under ``best``/``val``); raises
-    ``ValueError`` naming the run.json files without one.
-    """
-    values, missing = [], []
-    for m in members:
-        info = m.run_info
-        cands = [info.get("youden_threshold")] + [
-            (info.get(k) or {}).get("youden_threshold") for k in ("best", "val", "best_val")
-            if isinstance(info.get(k), dict)]
-        v = next((c for c in cands if isinstance(c, (int, float))), None)
-        (values if v is not None else missing).append(v if v is not None else m.path)
+    """The Youden threshold ``fundus-train`` chose on each member's validation images
+    (``model.rundir.youden_threshold``), mean over members; raises ``ValueError`` naming
+    the members whose run record has none (a bare ``.keras`` file, or an older run)."""
+    values = [rundir.youden_threshold(m.run_info) for m in members]
+    missing = [m.path for m, v in zip(members, values) if v is None]
     if missing:
         raise ValueError("--threshold=youden: no youden_threshold in the run.json of "
-                         + ", ".join(missing))
+                         + ", ".join(missing) + "; retrain with this version of "
+                         "fundus-train, or pass --threshold=P")
     return float(np.mean(values))
 
 
 def write_csv(path: str, frame: pd.DataFrame) -> str:
     """Atomic CSV write (probabilities with 6 decimals)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = path + ".tmp"
-    frame.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, path)
-    return path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return fileio.write_text(path, frame.to_csv(index=False, float_format="%.6f"))

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Callable
 
 
-def write_atomic(path: str, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``. Returns ``path``."""
-    tmp = f"{path}.tmp{os.getpid()}"
+def write_atomic(path: str, write: Callable[[str], None], suffix: str = "") -> str:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``. Returns ``path``.
+
+    ``suffix``: an ending of ``path`` the temporary name keeps (writers that insist on
+    an extension: ``".keras"`` gives ``best.tmp<pid>.keras`` for ``best.keras``)."""
+    if suffix and not path.endswith(suffix):
+        raise ValueError(f"{path}: does not end with {suffix!r}")
+    stem = path[: len(path) - len(suffix)]
+    tmp = f"{stem}.tmp{os.getpid()}{suffix}"
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -62,3 +69,28 @@ def read_json(path: str, missing: Any = None) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def write_dir_atomic(path: str, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp_dir)`` on a fresh directory beside ``path``, then put it in
+    ``path``'s place (an existing ``path`` is removed only after ``write`` succeeded;
+    the swap itself is two renames, so a kill between them leaves ``path.old<pid>``
+    beside a missing ``path``, never a half-written ``path``). Returns ``path``."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{path.rstrip(os.sep)}.tmp{os.getpid()}"
+    old = f"{path.rstrip(os.sep)}.old{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        write(tmp)
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.exists(old) and not os.path.exists(path):
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path

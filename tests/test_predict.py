@@ -24,7 +24,7 @@ STORED = 64
 def converted(tmp_path_factory):
     """Synthetic camera-size photos converted at 64 px: (source image dir, data dir)."""
     from pipeline import writer
-    from tools.synth import make_synthetic
+    from pipeline.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("predict_data")
     paths = make_synthetic(str(root / "src"), n_patients=12, formats=("full_df",),
@@ -44,8 +44,9 @@ def models(converted, tmp_path_factory):
     # run.json as fundus-train writes it: data.dir names the training data
     a = tm.save_model_dir(tm.random_model(48, seed=1), str(root / "a"),
                           data={"dir": data, "manifest_sha256": "x"}, flags={"data": "rel/x"})
+    # the stored format as fundus-train records it from the manifest (data travels apart)
     b = tm.save_model_dir(tm.random_model(64, seed=2), str(root / "b"),
-                          data_image_size=STORED, data_jpeg_quality=90)
+                          data={"stored_size": STORED, "jpeg_quality": 90})
     return a, b
 
 
@@ -59,7 +60,8 @@ def test_stored_format_resolution(converted, models):
     assert prediction.stored_format([a, b], stored_size=128).image_size == 128
     bare = model_io.Member(a.model, {"path": "x", "image_size": 48})
     assert prediction.stored_format([bare]).image_size == prediction.DEFAULT_STORED_SIZE
-    other = model_io.Member(a.model, {"path": "y", "image_size": 48, "data_image_size": 512})
+    other = model_io.Member(a.model, {"path": "y", "image_size": 48,
+                                      "data": {"stored_size": 512, "jpeg_quality": 95}})
     with pytest.raises(ValueError, match="stored differently"):
         prediction.stored_format([b, other])
 
@@ -130,9 +132,32 @@ def test_expand_inputs(tmp_path):
     assert problems == [(str(tmp_path / "none*.jpg"), "no file matches this pattern")]
 
 
-def test_youden_threshold_from_run_json(models):
-    (a,) = model_io.load_models(models[0])
+def test_threshold_youden_end_to_end(converted, models, tiny_data, tmp_path):
+    """fundus-train writes the Youden threshold of its kept model's validation images into
+    run.json; fundus-predict --threshold=youden applies it. A model without one is refused."""
+    from model import metrics, train_config, training
+    (bare,) = model_io.load_models(models[0])
     with pytest.raises(ValueError, match="no youden_threshold"):
-        prediction.model_threshold([a])
-    b = model_io.Member(a.model, dict(a.run_info, youden_threshold=0.42))
-    assert prediction.model_threshold([b]) == pytest.approx(0.42)
+        prediction.model_threshold([bare])
+    cfg = train_config.TrainConfig(
+        data=tiny_data, model_dir=str(tmp_path / "run"), backbone="tiny", weights="none",
+        image_size=32, batch_size=8, epochs=2, warmup_epochs=1, fine_tune_fraction=1.0,
+        patience=0, image_grid=0, verbose=0, seed=1)
+    run = training.train(cfg)
+    t = run["val"]["youden_threshold"]
+    members = model_io.load_models(cfg.model_dir)
+    val = evaluation.predict_split(members, tiny_data, "val")
+    assert t == pytest.approx(metrics.youden_threshold(val["label"], val["probability"]))
+    assert prediction.model_threshold(members) == pytest.approx(t)
+    images, _ = converted
+    photos = sorted(os.path.join(images, f) for f in os.listdir(images))[:4]
+    out = tmp_path / "pred.csv"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([sys.executable, "-m", "tools.predict", f"--model={cfg.model_dir}",
+                        f"--output={out}", "--threshold=youden", *photos],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(out, keep_default_na=False)
+    assert len(df) == 4 and (df["error"] == "").all()
+    assert list(df["predicted_sex"]) == ["male" if p >= t else "female"
+                                         for p in df["probability_male"]]

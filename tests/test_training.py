@@ -15,8 +15,7 @@ import pytest
 
 import keras
 
-from model import training
-from pipeline import augment
+from model import augment, callbacks, optim, rundir, train_config, training
 from pipeline import manifest as manifest_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,18 +23,18 @@ SHARED_MNV2 = os.path.join(ROOT, "..", "shared", "weights",
                            "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
 
 
-def _cfg(data: str = "", model_dir: str = "", **kw) -> training.TrainConfig:
+def _cfg(data: str = "", model_dir: str = "", **kw) -> train_config.TrainConfig:
     base = dict(data=data, model_dir=model_dir, backbone="tiny", weights="none",
                 image_size=32, batch_size=8, epochs=4, warmup_epochs=1,
                 fine_tune_fraction=1.0, learning_rate=3e-3, fine_tune_lr_scale=0.3,
                 augment=augment.AugmentConfig(seed=1), image_grid=4, verbose=0, seed=1)
     base.update(kw)
-    return training.TrainConfig(**base)
+    return train_config.TrainConfig(**base)
 
 
 # ------------------------------------------------------------------ pure pieces
 def test_warmup_cosine_schedule_and_serialization():
-    s = training.warmup_cosine(1.0, warmup_steps=10, total_steps=110)
+    s = optim.warmup_cosine(1.0, warmup_steps=10, total_steps=110)
     lr = [float(s(i)) for i in (0, 4, 9, 10, 60, 109, 500)]
     assert lr[0] == pytest.approx(0.1) and lr[1] == pytest.approx(0.5)
     assert lr[2] == pytest.approx(1.0) and lr[3] == pytest.approx(1.0)
@@ -49,7 +48,7 @@ def test_step_schedule_and_stage_plan(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, str(tmp_path), epochs=10, warmup_epochs=2, step_epochs=3,
                step_factor=0.5, learning_rate=1e-3, fine_tune_learning_rate=0.0,
                fine_tune_lr_scale=0.1, fine_tune_fraction=0.25)
-    fn = training.step_schedule(cfg, 1e-4, first_epoch=2)
+    fn = optim.step_schedule(cfg, 1e-4, first_epoch=2)
     assert [fn(e) for e in (2, 4, 5, 8)] == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5])
     assert cfg.stages() == [("head", 0, 2, 0.0, 1e-3), ("fine_tune", 2, 10, 0.25, 1e-4)]
     assert dataclasses.replace(cfg, fine_tune_fraction=0.0).stages() == [
@@ -58,10 +57,10 @@ def test_step_schedule_and_stage_plan(tiny_data, tmp_path):
         == [("fine_tune", 0, 10, 0.25, 5e-4)]
 
 
-@pytest.mark.parametrize("name", training.OPTIMIZERS)
+@pytest.mark.parametrize("name", train_config.OPTIMIZERS)
 def test_optimizers_with_weight_decay(name, tiny_data, tmp_path):
     cfg = _cfg(tiny_data, str(tmp_path), optimizer=name, weight_decay=1e-4, momentum=0.8)
-    opt = training.make_optimizer(cfg, 0.01)
+    opt = optim.make_optimizer(cfg, 0.01)
     assert opt.weight_decay == pytest.approx(1e-4)
     if name == "sgd":
         assert opt.nesterov and opt.momentum == pytest.approx(0.8)
@@ -78,7 +77,7 @@ def test_select_last_keeps_every_epoch_best_keeps_the_maximum(tmp_path):
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     values = [0.6, 0.5, 0.55]
     for keep, want_epoch in (("best", 0), ("last", 2)):
-        cb = training.SelectBest(str(tmp_path / f"{keep}.keras"),
+        cb = callbacks.SelectBest(str(tmp_path / f"{keep}.keras"),
                                  str(tmp_path / f"{keep}.json"), "val_auc", 0, 0,
                                  keep=keep)
         cb.set_model(model)
@@ -90,19 +89,19 @@ def test_select_last_keeps_every_epoch_best_keeps_the_maximum(tmp_path):
 
 
 def test_image_grid_and_history_dedupe(tmp_path):
-    grid = training.image_grid(np.full((5, 8, 6, 3), 255, np.uint8), columns=4)
+    grid = callbacks.image_grid(np.full((5, 8, 6, 3), 255, np.uint8), columns=4)
     assert tuple(grid.shape) == (16, 24, 3)
     assert float(grid[0, 0, 0]) == 1.0 and float(grid[15, 23, 0]) == 0.0   # padding
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss\n0,0.9\n1,0.8\n1,0.7\n2,0.6\n")
-    rows = training.read_history(str(path))
+    rows = rundir.read_history(str(path))
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[1]["loss"] == 0.7
 
 
 def test_startup_errors_name_the_flag(tiny_data, tmp_path):
     def err(match: str, **kw):
         kw.setdefault("data", tiny_data)
-        with pytest.raises(training.ConfigError, match=match):
+        with pytest.raises(train_config.ConfigError, match=match):
             training.train(_cfg(model_dir=str(tmp_path / "m"), **kw))
     err(r"--backbone='vgg'", backbone="vgg")
     err(r"--image_size=70 is below xception's minimum of 71", backbone="xception",
@@ -131,7 +130,7 @@ def test_weight_average_is_the_mean_of_the_last_epochs_and_restart_safe(tmp_path
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     kernel, bias = model.trainable_weights
     path, state = str(tmp_path / "best.keras"), str(tmp_path / "best.json")
-    training.write_json(state, {"epoch": 4})
+    rundir.write_json(state, {"epoch": 4})
 
     def epochs(cb, values, first_epoch):
         cb.set_model(model)
@@ -142,7 +141,7 @@ def test_weight_average_is_the_mean_of_the_last_epochs_and_restart_safe(tmp_path
             cb.on_epoch_end(e, {})
 
     def make():
-        return training.WeightAverage(model, 2, path, state, str(tmp_path))
+        return callbacks.WeightAverage(model, 2, path, state, str(tmp_path))
 
     epochs(make(), [0, 1, 2, 3], 0)          # killed after epoch 3 (0-based)
     assert not os.path.exists(path)          # nothing averaged is written before the end
@@ -234,11 +233,11 @@ def resumed_run(tiny_data, tmp_path_factory):
     first = _Seen()
     with pytest.raises(RuntimeError, match="preempted in epoch 3"):
         training.train(cfg, callbacks=[first, _Crash(2)])
-    rows_at_kill = training.read_history(os.path.join(model_dir, "history.csv"))
+    rows_at_kill = rundir.read_history(os.path.join(model_dir, "history.csv"))
     changed = None
     try:
         training.train(dataclasses.replace(cfg, learning_rate=1e-2))
-    except training.ConfigError as e:
+    except train_config.ConfigError as e:
         changed = str(e)
     second = _Seen()
     run = training.train(cfg, callbacks=[second])
@@ -252,7 +251,7 @@ def test_resume_starts_at_the_interrupted_epoch(resumed_run):
     assert [r["epoch"] for r in resumed_run["rows_at_kill"]] == [0, 1]
     assert resumed_run["second"] == [2, 3]              # epoch 3 of 4, not epoch 1
     assert "--learning_rate" in resumed_run["changed_flags_error"]
-    history = training.read_history(os.path.join(resumed_run["dir"], "history.csv"))
+    history = rundir.read_history(os.path.join(resumed_run["dir"], "history.csv"))
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
     assert resumed_run["run"]["resumed"] is True
 
@@ -303,7 +302,7 @@ def test_best_model_and_saved_model_agree(resumed_run, tiny_data):
 
 
 def test_finished_run_is_not_overwritten_silently(resumed_run):
-    with pytest.raises(training.ConfigError, match="finished run.*--overwrite"):
+    with pytest.raises(train_config.ConfigError, match="finished run.*--overwrite"):
         training.train(resumed_run["cfg"])
 
 
@@ -315,11 +314,11 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
-    from model import classifier, distribute, training
+    from model import classifier, distribute, optim, train_config, training
     from pipeline import reader
 
     data, model_dir = sys.argv[1], sys.argv[2]
-    cfg = training.TrainConfig(data=data, model_dir=model_dir, backbone="tiny",
+    cfg = train_config.TrainConfig(data=data, model_dir=model_dir, backbone="tiny",
                                weights="none", image_size=32, batch_size=8, epochs=1,
                                fine_tune_fraction=1.0, warmup_epochs=0, optimizer="adam",
                                schedule="constant", learning_rate=0.01, weight_decay=0.0,
@@ -334,7 +333,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
             model = classifier.build_classifier(classifier.ClassifierConfig(
                 backbone="tiny", image_size=32, dropout=0.0, freeze_bn_statistics=True))
             classifier.set_backbone_trainable(model, 1.0)
-            training.compile_model(model, cfg, training.make_optimizer(cfg, 0.01))
+            training.compile_model(model, cfg, optim.make_optimizer(cfg, 0.01))
         ds = tf.data.Dataset.from_tensors((images, labels))
         before = model.evaluate(ds, verbose=0, return_dict=True)["loss"]
         model.fit(ds, epochs=1, verbose=0)
@@ -372,11 +371,11 @@ def test_mirrored_two_cpus_matches_one_device(tiny_data, tmp_path):
 
 # -------------------------------------------------------------------------------- CV
 def test_cv_flag_errors(tiny_data, tiny_fold_data, tmp_path):
-    with pytest.raises(training.ConfigError, match="--cv=3: .* no folds"):
+    with pytest.raises(train_config.ConfigError, match="--cv=3: .* no folds"):
         training.train_cv(_cfg(tiny_data, str(tmp_path / "cv")), 3)
-    with pytest.raises(training.ConfigError, match="--cv=2: .* 3 folds.*--cv=3"):
+    with pytest.raises(train_config.ConfigError, match="--cv=2: .* 3 folds.*--cv=3"):
         training.train_cv(_cfg(tiny_fold_data, str(tmp_path / "cv")), 2)
-    with pytest.raises(training.ConfigError, match="--val_fold=3: must be in 0..2"):
+    with pytest.raises(train_config.ConfigError, match="--val_fold=3: must be in 0..2"):
         training.train(_cfg(tiny_fold_data, str(tmp_path / "f"), val_fold=3))
 
 

@@ -110,12 +110,12 @@ def test_declare_on_keras_tuner():
 # ------------------------------------------------------- values -> the training config
 
 def _base(data: str = "DATA", **kw):
-    from model import training
+    from model import train_config
     args = dict(data=data, model_dir="unused", weights="none", image_size=32, batch_size=16,
                 epochs=1, warmup_epochs=1, verbose=0, image_grid=0, patience=0,
                 precision="float32")
     args.update(kw)
-    return training.TrainConfig(**args)
+    return train_config.TrainConfig(**args)
 
 
 def test_apply_values_sets_training_and_augment_flags():

@@ -1,20 +1,17 @@
 """The HyperModel: one trial = the training job's model and stages with trial values.
 
 Nothing here builds or trains a model in its own way. A trial's configuration is the
-sweep's base :class:`model.training.TrainConfig` (the ``fundus-train`` flags, defaults
+sweep's base :class:`model.TrainConfig` (the ``fundus-train`` flags, defaults
 and overrides) with the searched values written into it by :func:`apply_values`. Then:
 
 * :meth:`FundusHyperModel.build`: ``model.precision.set_policy`` (again every trial:
   ``keras.backend.clear_session`` resets the global dtype policy), the seed, and
-  ``model.classifier.build_classifier`` of the same ``ClassifierConfig`` ``train`` uses
-  (built by keras-tuner inside the ``distribution_strategy`` scope);
-* :meth:`FundusHyperModel.fit`: the training job's stages (``TrainConfig.stages``: head,
-  then fine-tune the top ``fine_tune_fraction``) with the job's own per-stage code:
-  ``training.compile_stage`` (unfreeze, optimizer, schedule, compile) and
-  ``training.stage_callbacks`` (``LearningRateLogger``, ``MajorityAccuracy``, step /
-  plateau schedules, ``TerminateOnNaN``, ``SelectBest`` with early stopping, history,
-  TensorBoard), and its input pipeline (``training._datasets``: ``pipeline.reader``
-  under the strategy).
+  ``model.classifier.build_classifier`` of ``training.classifier_config`` (what ``train``
+  builds; keras-tuner calls it inside the ``distribution_strategy`` scope);
+* :meth:`FundusHyperModel.fit`: the training job's own pieces: its input pipeline
+  (``training.build_datasets``), split counts and checks (``training.describe_splits``)
+  and its two-stage loop (``training.run_stages``: head, then fine-tune the top
+  ``fine_tune_fraction``, each stage compiled and run with the job's callbacks).
 
 Per trial it writes, in the keras-tuner trial dir: ``best.keras`` + ``best.json``
 (``SelectBest``, as ``fundus-train``), ``history.csv``, ``config.json`` (the trial's
@@ -33,7 +30,6 @@ by), maximised.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -41,13 +37,18 @@ from typing import Any, Mapping
 
 import keras
 import keras_tuner
+import tensorflow as tf
+from tensorboard.plugins.hparams import api as hp_api
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import summary as hp_summary
 
-from model import training
+from model import augment, classifier, precision, rundir, training
+from model.train_config import TrainConfig
+from pipeline import fileio
 from tuning import space as space_lib
 
 OBJECTIVE_NAME = "val_auc"
 CONFIG_JSON = "config.json"
-HISTORY_CSV = training.HISTORY_CSV
 
 
 def objective() -> keras_tuner.Objective:
@@ -57,15 +58,13 @@ def objective() -> keras_tuner.Objective:
 
 # ----------------------------------------------------------------- values -> config
 def _augment_fields() -> dict[str, dataclasses.Field]:
-    from pipeline import augment  # noqa: PLC0415
     return {f.name: f for f in dataclasses.fields(augment.AugmentConfig)}
 
 
 def settable_names() -> list[str]:
     """Every name :func:`apply_values` accepts: TrainConfig fields (the ``fundus-train``
-    flags) and ``augment_<AugmentConfig field>`` (pipeline.augment's flags)."""
-    from pipeline import augment  # noqa: PLC0415
-    names = [f.name for f in dataclasses.fields(training.TrainConfig)
+    flags) and ``augment_<AugmentConfig field>`` (model.augment's flags)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)
              if f.name not in ("data", "model_dir", "augment")]
     return names + [augment.FLAG_PREFIX + n for n in _augment_fields() if n != "seed"]
 
@@ -91,15 +90,14 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
     return value
 
 
-def apply_values(base: training.TrainConfig, values: Mapping[str, Any]) -> training.TrainConfig:
+def apply_values(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
     """``base`` with ``values`` written in: TrainConfig fields by name, ``augment_<f>``
     into ``base.augment`` (``AugmentConfig(seed=base.seed)`` when None, as ``train``).
 
     Keras-tuner's own entries (``tuner/epochs`` ...) are ignored. Raises ValueError naming
     an unknown name or a value of the wrong type.
     """
-    from pipeline import augment  # noqa: PLC0415
-    train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     aug_fields = _augment_fields()
     top: dict[str, Any] = {}
     aug: dict[str, Any] = {}
@@ -117,7 +115,7 @@ def apply_values(base: training.TrainConfig, values: Mapping[str, Any]) -> train
                              f"{', '.join(settable_names())}")
     cfg = dataclasses.replace(base, **top)
     if aug:
-        current = cfg.augment or augment.AugmentConfig(seed=cfg.seed)
+        current = cfg.augment_config()
         aug = {k: _coerce(augment.FLAG_PREFIX + k, v, getattr(current, k))
                for k, v in aug.items()}
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(current, **aug))
@@ -130,7 +128,7 @@ _TRIAL_DEFAULTS = {"cache_frozen_prefix": False, "prefix_cache_dir": None,
                    "head_init": "random", "select": "best", "swa_epochs": 0, "tta": "none"}
 
 
-def check_trial_flags(cfg: training.TrainConfig, where: str = "") -> None:
+def check_trial_flags(cfg: TrainConfig, where: str = "") -> None:
     """Raise ValueError naming the ``fundus-train`` flags set in ``cfg`` that a sweep's
     trials do not apply (:data:`_TRIAL_DEFAULTS`)."""
     bad = [f"--{k}={getattr(cfg, k)}" for k, v in _TRIAL_DEFAULTS.items()
@@ -142,7 +140,7 @@ def check_trial_flags(cfg: training.TrainConfig, where: str = "") -> None:
                          f"from the sweep and use them in fundus-train")
 
 
-def check_space(base: training.TrainConfig, space: space_lib.SearchSpace) -> None:
+def check_space(base: TrainConfig, space: space_lib.SearchSpace) -> None:
     """Every searched name must be settable, and every corner value (choices, min, max)
     valid for the training job (``TrainConfig.validate``; its value checks run only when
     ``base.data`` holds a manifest, as on the machines that train)."""
@@ -162,7 +160,7 @@ def check_space(base: training.TrainConfig, space: space_lib.SearchSpace) -> Non
             _validate_flags(cfg, f"{name}={v!r} ({p.source})")
 
 
-def _validate_flags(cfg: training.TrainConfig, where: str) -> None:
+def _validate_flags(cfg: TrainConfig, where: str) -> None:
     """``TrainConfig.validate`` minus the data-dir check (the chief has no data), and
     :func:`check_trial_flags`."""
     check_trial_flags(cfg, where)
@@ -179,7 +177,7 @@ def _validate_flags(cfg: training.TrainConfig, where: str) -> None:
 class DatasetCache:
     """The sweep's datasets, built once per input configuration and reused by trials.
 
-    Key: everything ``training._read_config`` reads (image size, batch size, sample
+    Key: everything ``training.read_config`` reads (image size, batch size, sample
     weights, age labels, selection, cache settings, seed) plus the validation fold. The
     reader caches decoded images inside each dataset (memory, else ``cache_dir``), so a
     dataset's second and later passes read no JPEG. Datasets belong to ``strategy``.
@@ -191,15 +189,15 @@ class DatasetCache:
         self.builds = 0
 
     @staticmethod
-    def key(cfg: training.TrainConfig, image_size: int) -> tuple:
-        rc = training._read_config(cfg, image_size, True)
+    def key(cfg: TrainConfig, image_size: int) -> tuple:
+        rc = training.read_config(cfg, image_size, True)
         return (os.path.abspath(cfg.data), cfg.val_fold, dataclasses.astuple(rc))
 
-    def get(self, cfg: training.TrainConfig, image_size: int) -> tuple:
+    def get(self, cfg: TrainConfig, image_size: int) -> tuple:
         """``(train_ds, val_ds, train_spec, val_spec)`` of ``cfg`` at ``image_size``."""
         k = self.key(cfg, image_size)
         if k not in self._sets:
-            self._sets[k] = training._datasets(cfg, self.strategy, image_size)
+            self._sets[k] = training.build_datasets(cfg, self.strategy, image_size)
             self.builds += 1
         return self._sets[k]
 
@@ -210,7 +208,6 @@ class DatasetCache:
 # ------------------------------------------------------------------------- HParams
 def hparams_domains(space: space_lib.SearchSpace) -> dict[str, Any]:
     """name -> ``tensorboard.plugins.hparams.api.HParam`` with the searched domain."""
-    from tensorboard.plugins.hparams import api as hp_api  # noqa: PLC0415
     out = {}
     for name, p in space.searched.items():
         if p.kind == "choice":
@@ -230,8 +227,6 @@ HPARAM_METRICS = (("epoch_auc", "validation", "validation ROC AUC"),
 
 def write_hparams_config(logs_root: str, space: space_lib.SearchSpace) -> None:
     """The HParams experiment (domains and metrics) at the root of the sweep's logs."""
-    import tensorflow as tf  # noqa: PLC0415
-    from tensorboard.plugins.hparams import api as hp_api  # noqa: PLC0415
     os.makedirs(logs_root, exist_ok=True)
     metrics = [hp_api.Metric(tag, group=group, display_name=text)
                for tag, group, text in HPARAM_METRICS]
@@ -245,8 +240,6 @@ def write_hparams_config(logs_root: str, space: space_lib.SearchSpace) -> None:
 def write_trial_hparams(logdir: str, values: Mapping[str, Any], trial_id: str,
                         space: space_lib.SearchSpace) -> None:
     """The trial's hyperparameter values (session start) in its TensorBoard run dir."""
-    import tensorflow as tf  # noqa: PLC0415
-    from tensorboard.plugins.hparams import api as hp_api  # noqa: PLC0415
     domains = hparams_domains(space)
     hparams = {domains[n]: _plain(v) for n, v in values.items() if n in domains}
     writer = tf.summary.create_file_writer(logdir)
@@ -271,7 +264,7 @@ class FundusHyperModel(keras_tuner.HyperModel):
       strategy: the ``tf.distribute`` strategy trials train under (datasets belong to it).
     """
 
-    def __init__(self, base: training.TrainConfig, space: space_lib.SearchSpace,
+    def __init__(self, base: TrainConfig, space: space_lib.SearchSpace,
                  logs_root: str, strategy=None):
         super().__init__(name="fundus_sex")
         self.base = base
@@ -289,7 +282,7 @@ class FundusHyperModel(keras_tuner.HyperModel):
         """The trial's searched values (declaring them on ``hp`` when new)."""
         return {name: space_lib.declare(hp, p) for name, p in self.space.searched.items()}
 
-    def trial_config(self, hp) -> training.TrainConfig:
+    def trial_config(self, hp) -> TrainConfig:
         """The TrainConfig of this trial: ``base`` + the searched values (+ hyperband's
         epoch budget ``tuner/epochs`` as ``epochs``)."""
         cfg = apply_values(self.base, self.values(hp))
@@ -299,88 +292,63 @@ class FundusHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp) -> keras.Model:
         """``build_classifier`` of the trial's config (backbone frozen, uncompiled)."""
-        from model import backbones  # noqa: PLC0415
-        from model import classifier  # noqa: PLC0415
-        from model import precision  # noqa: PLC0415
-        from pipeline import augment  # noqa: PLC0415
         cfg = self.trial_config(hp)
         precision.set_policy(cfg.precision)        # clear_session reset it
         keras.utils.set_random_seed(cfg.seed)
         try:
-            image_size = backbones.check_image_size(cfg.backbone, cfg.image_size)
+            ccfg = training.classifier_config(cfg)
         except ValueError as e:                     # e.g. xception at 32 px: not this trial
             raise keras_tuner.errors.FailedTrialError(str(e)) from e
-        ccfg = classifier.ClassifierConfig(
-            backbone=cfg.backbone, image_size=image_size, weights=cfg.weights,
-            dropout=cfg.dropout, augment=cfg.augment or augment.AugmentConfig(seed=cfg.seed),
-            age_loss_weight=cfg.age_loss_weight, seed=cfg.seed)
         return classifier.build_classifier(ccfg)
 
     def data(self) -> DatasetCache:
+        """The sweep's :class:`DatasetCache` (built on first use, under the strategy)."""
         if self._data is None:
-            import tensorflow as tf  # noqa: PLC0415
             self._data = DatasetCache(self.strategy or tf.distribute.get_strategy())
         return self._data
+
+    @property
+    def datasets_built(self) -> int:
+        """Distinct input configurations built so far (0 before the first trial)."""
+        return len(self._data) if self._data is not None else 0
 
     def fit(self, hp, model, *args, trial_dir: str = "", trial_id: str = "",
             callbacks=None, epochs: int | None = None, initial_epoch: int = 0,
             verbose: Any = None, **kwargs) -> dict[str, float]:
-        """Train ``model`` through the training job's stages; returns the best epoch's
-        logs with ``val_auc`` (the objective).
+        """Train ``model`` through the training job's stages (``training.run_stages``);
+        returns the best epoch's logs with ``val_auc`` (the objective).
 
         ``epochs`` / ``initial_epoch`` come from Hyperband (``tuner/epochs`` budget; the
         model then holds the weights of the trial it continues). ``callbacks`` (keras-tuner's
         checkpoint and progress callbacks) are added to every stage. ``verbose`` (from
         ``tuner.search``) is ignored: the trial's ``--verbose`` applies.
         """
-        from model import backbones  # noqa: PLC0415
-        from pipeline import reader  # noqa: PLC0415
         if args or kwargs:
             raise TypeError(f"unexpected fit arguments {args} {sorted(kwargs)}")
         cfg = self.trial_config(hp)
         if epochs:
             cfg = dataclasses.replace(cfg, epochs=int(epochs))
         strategy = self.data().strategy
-        image_size = backbones.check_image_size(cfg.backbone, cfg.image_size)
-        train_ds, val_ds, train_spec, val_spec = self.data().get(cfg, image_size)
-        normal_only = cfg.train_selection == "normal"
-        tstats = reader.split_stats(cfg.data, train_spec, normal_only=normal_only)
-        vstats = reader.split_stats(cfg.data, val_spec, normal_only=True)
-        if tstats.records < cfg.batch_size:
-            raise keras_tuner.errors.FailedTrialError(
-                f"batch_size={cfg.batch_size} is larger than the training split "
-                f"({tstats.records} images)")
-        steps = tstats.records // cfg.batch_size
-        t_major = max(tstats.male, tstats.female) / tstats.records
-        v_major = max(vstats.male, vstats.female) / vstats.records
+        train_ds, val_ds, _, _ = self.data().get(cfg, cfg.input_size())
+        try:
+            splits = training.describe_splits(cfg)
+        except ValueError as e:
+            raise keras_tuner.errors.FailedTrialError(str(e)) from e
 
         trial_dir = trial_dir or os.path.join(self.logs_root, "..", f"trial_{trial_id}")
         logdir = os.path.join(self.logs_root, str(trial_id))
         _fresh_trial_outputs(trial_dir, logdir)
-        training.write_json(os.path.join(trial_dir, CONFIG_JSON), cfg.to_json())
+        rundir.write_json(os.path.join(trial_dir, CONFIG_JSON), cfg.to_json())
         write_trial_hparams(logdir, self.values(hp), trial_id, self.space)
-
-        monitor = training.metric_key(cfg, "auc")
-        best_json = os.path.join(trial_dir, training.BEST_JSON)
-        for name, first, end, fraction, peak in cfg.stages():
-            if end <= initial_epoch:
-                continue                           # hyperband: done by the earlier trial
-            first = max(first, initial_epoch)
-            training.compile_stage(model, model, cfg, strategy, fraction, peak, steps,
-                                   end - first)
-            cbs = training.stage_callbacks(cfg, name, first, peak, run_dir=trial_dir,
-                                           logs_dir=logdir, majorities=(t_major, v_major))
-            cbs += list(callbacks or [])
-            model._initial_epoch = None            # as train(): no epoch carried over
-            model.fit(train_ds, validation_data=val_ds, epochs=end, initial_epoch=first,
-                      callbacks=cbs, verbose=cfg.verbose)
-            if getattr(model, "stop_training", False):
-                break                              # early stopping or NaN
+        training.run_stages(model, cfg, strategy, train_ds, val_ds, splits,
+                            run_dir=trial_dir, logs_dir=logdir, initial_epoch=initial_epoch,
+                            extra_callbacks=callbacks or ())
         _write_session_end(logdir)
-        best = training.read_json(best_json)
+        best = fileio.read_json(os.path.join(trial_dir, rundir.BEST_JSON))
         if best is None:
             raise keras_tuner.errors.FailedTrialError(
-                f"trial {trial_id}: no epoch gave a finite {monitor} (see {trial_dir})")
+                f"trial {trial_id}: no epoch gave a finite {cfg.metric_key('auc')} "
+                f"(see {trial_dir})")
         metrics = {k: float(v) for k, v in best["logs"].items()
                    if isinstance(v, (int, float)) and math.isfinite(float(v))}
         metrics[OBJECTIVE_NAME] = float(best["value"])
@@ -393,7 +361,7 @@ def _fresh_trial_outputs(trial_dir: str, logdir: str) -> None:
     keras-tuner's own ``trial.json`` stays."""
     shutil.rmtree(logdir, ignore_errors=True)
     os.makedirs(trial_dir, exist_ok=True)
-    for name in (training.BEST_MODEL, training.BEST_JSON, HISTORY_CSV, CONFIG_JSON,
+    for name in (rundir.BEST_MODEL, rundir.BEST_JSON, rundir.HISTORY_CSV, CONFIG_JSON,
                  "checkpoint.weights.h5"):
         path = os.path.join(trial_dir, name)
         if os.path.exists(path):
@@ -402,21 +370,9 @@ def _fresh_trial_outputs(trial_dir: str, logdir: str) -> None:
 
 def _write_session_end(logdir: str) -> None:
     """Mark the trial's HParams session finished (status success)."""
-    import tensorflow as tf  # noqa: PLC0415
-    from tensorboard.plugins.hparams import api_pb2  # noqa: PLC0415
-    from tensorboard.plugins.hparams import summary as hp_summary  # noqa: PLC0415
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         pb = hp_summary.session_end_pb(api_pb2.STATUS_SUCCESS)
         tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
     writer.flush()
     writer.close()
-
-
-def read_trial_config(trial_dir: str) -> dict | None:
-    """A trial's ``config.json`` (its TrainConfig as JSON), None when absent."""
-    path = os.path.join(trial_dir, CONFIG_JSON)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

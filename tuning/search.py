@@ -38,8 +38,10 @@ histories and logs stay.
 from __future__ import annotations
 
 import csv
+import ctypes
 import dataclasses
 import gc
+import io
 import json
 import math
 import os
@@ -49,8 +51,11 @@ from typing import Any, Sequence
 
 import keras
 import keras_tuner
+from tensorflow.python.framework import ops as tf_ops
 
-from model import training
+from model import distribute, rundir, training
+from model.train_config import TrainConfig
+from pipeline import fileio
 from tuning import hypermodel as hm
 from tuning import space as space_lib
 
@@ -62,7 +67,7 @@ SUMMARY_CSV = "summary.csv"
 EVENTS = "events.jsonl"
 LOGS = "logs"
 BEST_DIR = "best"
-MODEL_FILES = (training.BEST_MODEL, "checkpoint.weights.h5")
+MODEL_FILES = (rundir.BEST_MODEL, "checkpoint.weights.h5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +174,7 @@ def append_event(directory: str, event: dict) -> None:
 
 
 def read_events(directory: str) -> list[dict]:
+    """Every line of ``DIR/events.jsonl`` (JSON lines, not one JSON document)."""
     path = os.path.join(directory, EVENTS)
     if not os.path.exists(path):
         return []
@@ -193,8 +199,7 @@ def release_trial_memory() -> int:
     keras.backend.clear_session()
     removed = 0
     try:
-        from tensorflow.python.framework import ops as tf_ops  # noqa: PLC0415
-        registry = tf_ops._gradient_registry._registry
+        registry = tf_ops._gradient_registry._registry  # TF's own private registry
         for key in [k for k in registry if str(k).startswith("CustomGradient-")]:
             del registry[key]
             removed += 1
@@ -202,7 +207,6 @@ def release_trial_memory() -> int:
         pass
     gc.collect()
     try:
-        import ctypes  # noqa: PLC0415
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):          # not glibc
         pass
@@ -246,7 +250,7 @@ class _SweepMixin:
         append_event(self.sweep.directory, {
             "event": "end", "trial_id": trial.trial_id, "status": str(trial.status),
             "score": trial.score, "rss_mb": round(rss_mb(), 1),
-            "datasets": len(self.hypermodel.data()) if self.hypermodel._data else 0})
+            "datasets": self.hypermodel.datasets_built})
         if self.sweep.tuner != "hyperband":
             self.prune()
 
@@ -376,15 +380,12 @@ def write_summary(directory: str, rows: Sequence[dict]) -> str:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    path = os.path.join(directory, SUMMARY_CSV)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(r.get(k)) for k in cols})
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k)) for k in cols})
+    return fileio.write_text(os.path.join(directory, SUMMARY_CSV), buf.getvalue())
 
 
 def _fmt(v):
@@ -412,12 +413,13 @@ def format_summary(rows: Sequence[dict], limit: int = 20) -> str:
 def export_best(tuner, sweep: SweepConfig, rows: Sequence[dict]) -> dict | None:
     """Write ``DIR/best`` as a fundus-train model dir from the best completed trial.
 
-    ``copy``: its ``best.keras`` (the best epoch, saved by ``training.SelectBest``),
-    its history and TensorBoard logs, a ``saved_model`` export and a ``run.json`` with
-    the same keys ``fundus-train`` writes (validation AUC recomputed exactly, per image
-    and per patient) plus ``tuning``. When the trial's model file is absent (pruned, or on
-    another machine) it falls back to ``retrain``: ``training.train`` of the trial's
-    config into ``DIR/best``. Returns the run dict, None when no trial completed.
+    ``copy``: its ``best.keras`` (the best epoch, saved by ``SelectBest``), ``best.json``,
+    history and TensorBoard logs, completed by ``training.finish_run`` (validation AUC
+    recomputed exactly, SavedModel export, the same run record ``fundus-train`` writes)
+    plus ``tuning``. When the trial's model file is absent (pruned, or on another
+    machine) it falls back to ``retrain``: ``training.train`` of the trial's config into
+    ``DIR/best``. The directory is replaced atomically. Returns the run record, None when
+    no trial completed.
     """
     best_row = next((r for r in rows if r["status"] == "COMPLETED"
                      and not math.isnan(r["val_auc"])), None)
@@ -428,76 +430,42 @@ def export_best(tuner, sweep: SweepConfig, rows: Sequence[dict]) -> dict | None:
     trial = tuner.oracle.get_trial(trial_id)
     cfg = tuner.hypermodel.trial_config(trial.hyperparameters)
     out = os.path.join(sweep.directory, BEST_DIR)
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     tuning_info = {"trial_id": trial_id, "val_auc_keras": best_row["val_auc"],
                    "hyperparameters": dict(trial.hyperparameters.values),
                    "directory": os.path.abspath(sweep.directory), "tuner": sweep.tuner}
-    source = os.path.join(trial_dir, training.BEST_MODEL)
-    if sweep.best == "retrain" or not os.path.exists(source):
-        if sweep.best == "copy":
-            print(f"[fundus-tune] {source} is not here (pruned or on another machine); "
-                  f"retraining trial {trial_id} into {out}", flush=True)
-        run = training.train(dataclasses.replace(cfg, model_dir=tmp, overwrite=True))
-        run["tuning"] = {**tuning_info, "mode": "retrain"}
-    else:
-        run = _copy_trial(cfg, trial_dir, tmp, tuning_info)
-    training.write_json(os.path.join(tmp, training.RUN_JSON), run)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return run
+    source = os.path.join(trial_dir, rundir.BEST_MODEL)
+    retrain = sweep.best == "retrain" or not os.path.exists(source)
+    if retrain and sweep.best == "copy":
+        print(f"[fundus-tune] {source} is not here (pruned or on another machine); "
+              f"retraining trial {trial_id} into {out}", flush=True)
+
+    def write(tmp: str) -> None:
+        if retrain:
+            training.train(dataclasses.replace(cfg, model_dir=tmp, overwrite=True),
+                           extra={"tuning": {**tuning_info, "mode": "retrain"}})
+        else:
+            _copy_trial(dataclasses.replace(cfg, model_dir=tmp), trial_dir,
+                        {**tuning_info, "mode": "copy"})
+    fileio.write_dir_atomic(out, write)
+    return rundir.read_run_record(out)
 
 
-def _copy_trial(cfg: training.TrainConfig, trial_dir: str, out: str, tuning_info: dict) -> dict:
-    """A fundus-train model dir from a finished trial's files (no training)."""
-    from model import backbones  # noqa: PLC0415
-    from model import distribute  # noqa: PLC0415
-    from pipeline import manifest as manifest_lib  # noqa: PLC0415
-    from pipeline import reader  # noqa: PLC0415
-    os.makedirs(out, exist_ok=True)
-    shutil.copy2(os.path.join(trial_dir, training.BEST_MODEL), os.path.join(out, training.BEST_MODEL))
-    history_src = os.path.join(trial_dir, hm.HISTORY_CSV)
-    if os.path.exists(history_src):
-        shutil.copy2(history_src, os.path.join(out, training.HISTORY_CSV))
-    history = training.read_history(os.path.join(out, training.HISTORY_CSV))
-    training.write_json(os.path.join(out, training.HISTORY_JSON), history)
+def _copy_trial(cfg, trial_dir: str, tuning_info: dict) -> dict:
+    """A fundus-train model dir in ``cfg.model_dir`` from a finished trial's files (no
+    training): its model, kept-epoch state, history and logs, then
+    ``training.finish_run``."""
+    out = cfg.model_dir
+    for name in (rundir.BEST_MODEL, rundir.BEST_JSON, rundir.HISTORY_CSV):
+        if os.path.exists(os.path.join(trial_dir, name)):
+            shutil.copy2(os.path.join(trial_dir, name), os.path.join(out, name))
     logs = os.path.join(os.path.dirname(os.path.dirname(trial_dir)), LOGS,
                         tuning_info["trial_id"])
     if os.path.isdir(logs):
-        shutil.copytree(logs, os.path.join(out, "logs"))
-    best = training.read_json(os.path.join(trial_dir, training.BEST_JSON)) or {}
-    model = keras.models.load_model(os.path.join(out, training.BEST_MODEL), compile=False)
-    image_size = backbones.check_image_size(cfg.backbone, cfg.image_size)
-    train_spec, val_spec = reader.training_split(cfg.data, cfg.val_fold)
-    val_summary = training.auc_summary(training.predict_split(model, cfg, val_spec, image_size))
-    training._export(model, os.path.join(out, "saved_model"))
-    normal_only = cfg.train_selection == "normal"
-    tstats = reader.split_stats(cfg.data, train_spec, normal_only=normal_only)
-    vstats = reader.split_stats(cfg.data, val_spec, normal_only=True)
-    strategy = distribute.make_strategy(cfg.strategy)
-    return {
-        "flags": cfg.to_json(),
-        "versions": training.versions(),
-        "data": {"dir": os.path.abspath(cfg.data),
-                 "manifest_sha256": manifest_lib.manifest_sha256(cfg.data),
-                 "train": {"spec": train_spec.name, **dataclasses.asdict(tstats),
-                           "class_weights": tstats.class_weights()},
-                 "val": {"spec": val_spec.name, **dataclasses.asdict(vstats)},
-                 "test_read": False},
-        "backbone": cfg.backbone, "image_size": image_size,
-        "policy": keras.mixed_precision.global_policy().name,
-        "strategy": distribute.describe(strategy),
-        "stages": [{"name": s[0], "epochs": [s[1], s[2]], "fine_tune_fraction": s[3],
-                    "peak_learning_rate": s[4]} for s in cfg.stages()],
-        "epochs_run": len(history),
-        "best": {"epoch": best.get("epoch", -1) + 1, "monitor": best.get("monitor"),
-                 "value": best.get("value"), "logs": best.get("logs", {})},
-        "val": val_summary,
-        "outputs": {"best_model": training.BEST_MODEL, "saved_model": "saved_model",
-                    "history": [training.HISTORY_CSV, training.HISTORY_JSON],
-                    "tensorboard": "logs"},
-        "tuning": {**tuning_info, "mode": "copy"},
-    }
+        shutil.copytree(logs, os.path.join(out, rundir.LOGS))
+    return training.finish_run(
+        cfg, out, training.describe_splits(cfg),
+        strategy=distribute.make_strategy(cfg.strategy),
+        policy=keras.mixed_precision.global_policy().name, extra={"tuning": tuning_info})
 
 
 # ---------------------------------------------------------------------------- run
@@ -513,16 +481,16 @@ def prepare_directory(sweep: SweepConfig) -> None:
                 os.remove(path)
 
 
-def write_sweep_json(sweep: SweepConfig, base: training.TrainConfig,
+def write_sweep_json(sweep: SweepConfig, base: TrainConfig,
                      space: space_lib.SearchSpace) -> None:
-    training.write_json(os.path.join(sweep.directory, SWEEP_JSON), {
+    rundir.write_json(os.path.join(sweep.directory, SWEEP_JSON), {
         "sweep": dataclasses.asdict(sweep), "objective": {"name": hm.OBJECTIVE_NAME,
                                                           "direction": "max"},
         "space": space.to_json(), "base": base.to_json(), "role": role(),
-        "versions": training.versions()})
+        "versions": rundir.versions()})
 
 
-def run_sweep(sweep: SweepConfig, base: training.TrainConfig, space: space_lib.SearchSpace,
+def run_sweep(sweep: SweepConfig, base: TrainConfig, space: space_lib.SearchSpace,
               verbose: int = 1) -> dict:
     """Run (or resume) the sweep; returns ``{"rows", "best", "role", "tuner"}``.
 
@@ -531,7 +499,6 @@ def run_sweep(sweep: SweepConfig, base: training.TrainConfig, space: space_lib.S
     the oracle until the workers are done, then summary and ``best/``. Worker: run
     trials the chief hands out, then return (no summary).
     """
-    from model import distribute  # noqa: PLC0415
     sweep.validate()
     if not space.searched:
         raise ValueError("nothing to search: give --space=FILE, --range or --search")
