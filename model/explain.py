@@ -15,9 +15,18 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from PIL import Image
 
+from model import eval_figures, evaluation, prediction
 from model import io as model_io
+from pipeline import fileio, reader, schema
 
 BACKBONE_LAYER = "backbone"
 EPS = 1e-7
@@ -53,8 +62,6 @@ def feature_layer(model):
 
 def split_model(model):
     """``(features_model, head_model, layer_name)`` split at :func:`feature_layer`."""
-    import keras  # noqa: PLC0415
-
     layer = feature_layer(model)
     feat = _outer_output(layer)
     return (keras.Model(model.inputs[0], feat, name="gradcam_features"),
@@ -68,8 +75,6 @@ def grad_cam(model, images: np.ndarray, batch_size: int = 16
     Returns ``(maps float32 [N, S, S] in [0, 1], probabilities float32 [N], layer name)``.
     A map is all zero only when no positive evidence exists for the predicted class.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
     feat_model, head, name = split_model(model)
     size = images.shape[1:3]
 
@@ -102,8 +107,6 @@ def grad_cam(model, images: np.ndarray, batch_size: int = 16
 
 def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 ``[N, H, W, 3]`` like the reader (bilinear, antialiased, rounded)."""
-    import tensorflow as tf  # noqa: PLC0415
-
     if images.shape[1] == size:
         return images
     out = tf.image.resize(images, [size, size], method="bilinear", antialias=True)
@@ -126,16 +129,13 @@ def ensemble_grad_cam(members: Sequence[model_io.Member], images: np.ndarray
 
 
 def resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
-    import tensorflow as tf  # noqa: PLC0415
-
+    """Bilinear resize of float maps ``[N, H, W]`` to ``[N, size, size]``."""
     return tf.image.resize(maps[..., None], [size, size], method="bilinear")[..., 0].numpy()
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """uint8 ``[S, S, 3]``: the fundus with the jet-coloured map blended at ``alpha``
     (weighted by the map, so cold regions show the photo)."""
-    from matplotlib import colormaps  # noqa: PLC0415
-
     heat = colormaps["jet"](np.clip(cam, 0.0, 1.0))[..., :3]
     a = alpha * (0.3 + 0.7 * np.clip(cam, 0.0, 1.0))[..., None]
     out = (1.0 - a) * (image.astype(np.float32) / 255.0) + a * heat
@@ -145,16 +145,11 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
 def grid_png(images: np.ndarray, maps: np.ndarray, titles: Sequence[str], path: str,
              title: str = "", pairs_per_row: int = 2) -> str:
     """A grid of (photo, Grad-CAM overlay) pairs with a colour bar -> PNG ``path``."""
-    import matplotlib  # noqa: PLC0415
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # noqa: PLC0415
-    from matplotlib.cm import ScalarMappable  # noqa: PLC0415
-
     n = len(images)
     rows = max(1, -(-n // pairs_per_row))
     cols = 2 * pairs_per_row
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows + 0.6), dpi=110,
-                             squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows + 0.6), dpi=110)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(n):
@@ -167,13 +162,9 @@ def grid_png(images: np.ndarray, maps: np.ndarray, titles: Sequence[str], path: 
     fig.suptitle(title or "Grad-CAM: regions that raise the predicted class", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.9, 0.97))
     cax = fig.add_axes((0.91, 0.15, 0.015, 0.7))
-    fig.colorbar(ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1)), cax=cax,
+    fig.colorbar(ScalarMappable(cmap="jet", norm=Normalize(0, 1)), cax=cax,
                  label="relative importance")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return eval_figures.save_png(fig, path)
 
 
 def most_confident(probabilities: np.ndarray, n: int) -> np.ndarray:
@@ -193,8 +184,6 @@ def most_confident(probabilities: np.ndarray, n: int) -> np.ndarray:
 def split_images(data_dir: str, split: str, image_size: int, filenames: Sequence[str]
                  ) -> dict[str, tuple[np.ndarray, float, str]]:
     """``{filename: (uint8 [S, S, 3], label, patient_id)}`` of the named records of a split."""
-    from pipeline import reader  # noqa: PLC0415
-
     want = set(filenames)
     found: dict[str, tuple[np.ndarray, float, str]] = {}
     cfg = reader.ReadConfig(image_size=image_size, batch_size=32, cache_budget_gb=0.0,
@@ -218,8 +207,6 @@ def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | 
     ``overlays/*.png``, ``explain.json`` and ``tensorboard/`` under ``output``; returns
     the explain.json dict. Photo paths go through :mod:`model.prediction` (``stored``:
     its :class:`StoredFormat`, resolved from the models when None)."""
-    from model import evaluation, prediction  # noqa: PLC0415
-
     size = max(m.image_size for m in members)
     items: list[dict] = []
     images: list[np.ndarray] = []
@@ -228,7 +215,6 @@ def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | 
     names = [f for f in files if not os.path.isfile(f)]
     if photos:
         fmt = stored or prediction.stored_format(members)
-        from pipeline import schema  # noqa: PLC0415
         for f in photos:
             jpeg, err = prediction.prepare_one(f, fmt)
             if jpeg is None:
@@ -278,21 +264,16 @@ def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | 
               "image_size": size,
               "split": split if data_dir else None, "images": items, "problems": problems,
               "grid": "gradcam_grid.png", "tensorboard": "tensorboard"}
-    evaluation.write_json(os.path.join(output, "explain.json"), report)
+    fileio.write_json(os.path.join(output, "explain.json"), report, sort_keys=False,
+                      allow_nan=False)
     return report
 
 
 def _save_png(path: str, array: np.ndarray) -> None:
-    from PIL import Image  # noqa: PLC0415
-
-    tmp = path + ".tmp"
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    fileio.write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def _tensorboard(logdir: str, grid_path: str, overlays: np.ndarray) -> None:
-    import tensorflow as tf  # noqa: PLC0415
-
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         with open(grid_path, "rb") as f:

@@ -17,13 +17,15 @@ mean of its members' (members must share the input size).
 from __future__ import annotations
 
 import os
-import shutil
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from model import io as model_io
-from pipeline import fileio
+from pipeline import fileio, reader
 
 FLOAT32_TOLERANCE = 1e-4
 TFLITE_KINDS = ("float32", "float16", "int8")
@@ -31,8 +33,6 @@ TFLITE_KINDS = ("float32", "float16", "int8")
 
 def combined_model(members: Sequence[model_io.Member]):
     """One Keras model: uint8 ``[B, S, S, 3]`` -> ``[B, 1]`` mean of the members."""
-    import keras  # noqa: PLC0415
-
     if len(members) == 1:
         return members[0].model
     sizes = model_io.image_sizes(members)
@@ -56,18 +56,12 @@ def keras_probabilities(model, images: np.ndarray, batch_size: int = 16) -> np.n
 
 def export_saved_model(model, path: str) -> str:
     """``model.export(path)`` (SavedModel, endpoint ``serve``); replaces ``path`` atomically."""
-    tmp = path.rstrip(os.sep) + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.export(tmp, format="tf_saved_model", verbose=False)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return path
+    return fileio.write_dir_atomic(
+        path, lambda tmp: model.export(tmp, format="tf_saved_model", verbose=False))
 
 
 def saved_model_probabilities(path: str, images: np.ndarray) -> np.ndarray:
-    import tensorflow as tf  # noqa: PLC0415
-
+    """float32 ``[N]`` from the SavedModel's ``serve`` endpoint on uint8 ``images``."""
     loaded = tf.saved_model.load(path)
     out = loaded.serve(tf.constant(images))
     return np.asarray(out, np.float32).reshape(-1)
@@ -80,8 +74,6 @@ def tflite_bytes(saved_model_dir: str, kind: str,
     ``int8`` needs ``representative`` (a generator function of ``[uint8 [1, S, S, 3]]``);
     input and output keep their dtypes (uint8 image in, float32 probability out).
     """
-    import tensorflow as tf  # noqa: PLC0415
-
     if kind not in TFLITE_KINDS:
         raise ValueError(f"--tflite: unknown kind {kind!r}; use {', '.join(TFLITE_KINDS)}")
     conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
@@ -98,10 +90,6 @@ def tflite_bytes(saved_model_dir: str, kind: str,
 
 def tflite_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     """Run a TFLite model one image at a time -> float32 ``[N]``."""
-    import warnings  # noqa: PLC0415
-
-    import tensorflow as tf  # noqa: PLC0415
-
     with warnings.catch_warnings():   # "tf.lite.Interpreter is deprecated": see BUILD_NOTES
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
         interp = tf.lite.Interpreter(model_content=model_bytes)
@@ -119,10 +107,6 @@ def tflite_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
             y = (y - zero) * scale
         probs.append(float(np.reshape(y, -1)[0]))
     return np.asarray(probs, np.float32)
-
-
-def _write_bytes(path: str, data: bytes) -> str:
-    return fileio.write_bytes(path, data)
 
 
 def _diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -163,7 +147,7 @@ def export(members: Sequence[model_io.Member], output: str, check_images: np.nda
     for kind in tflite:
         data = tflite_bytes(sm_path, kind, representative)
         name = f"model_{kind}.tflite"
-        _write_bytes(os.path.join(output, name), data)
+        fileio.write_bytes(os.path.join(output, name), data)
         diff = _diff(tflite_probabilities(data, check_images), ref)
         entry = {"path": name, "bytes": len(data), "max_abs_diff": diff}
         if kind == "float32":
@@ -177,8 +161,6 @@ def export(members: Sequence[model_io.Member], output: str, check_images: np.nda
 
 def split_images(data_dir: str, split: str, image_size: int, n: int) -> np.ndarray:
     """The first ``n`` (normal) images of a split, uint8 ``[n', S, S, 3]`` via the reader."""
-    from pipeline import reader  # noqa: PLC0415
-
     cfg = reader.ReadConfig(image_size=image_size, batch_size=min(max(1, n), 64),
                             cache_budget_gb=0.0)
     out: list[np.ndarray] = []

@@ -22,6 +22,7 @@ from typing import Iterable
 
 import keras
 import numpy as np
+import tensorflow as tf
 from scipy import optimize
 
 from model import metrics as metrics_lib
@@ -32,7 +33,6 @@ CHOICES = ("random", "logistic")
 def pooled_features(features: keras.Model, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
     """``(X float64 [N, D], y float64 [N])`` of ``features`` (inference mode) over
     ``batches`` of ``(inputs, labels[, ...])``."""
-    import tensorflow as tf  # noqa: PLC0415
     run = tf.function(lambda x: features(x, training=False), reduce_retracing=True)
     xs, ys = [], []
     for b in batches:

@@ -1,7 +1,8 @@
 """Numpy metrics for a binary classifier (1.0 = male), plus the Keras metric list.
 
-Everything here is pure numpy (no scikit-learn): ``y`` is a 1-D array of 0/1 labels,
-``p`` a 1-D array of probabilities in [0, 1] of the positive class, same length.
+Everything here but :func:`keras_metrics` is pure numpy (no scikit-learn): ``y`` is a 1-D
+array of 0/1 labels, ``p`` a 1-D array of probabilities in [0, 1] of the positive class,
+same length.
 
 * :func:`roc_auc` is the Mann-Whitney rank statistic with average ranks for ties, so a tie
   between a positive and a negative counts 0.5 and a constant predictor scores exactly 0.5.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import keras
 import numpy as np
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
@@ -295,7 +297,5 @@ def keras_metrics(prefix: str = "") -> list:
     ``keras.metrics.AUC`` approximates the ROC AUC with 1000 thresholds; the exact value
     is :func:`roc_auc` (used by evaluation).
     """
-    import keras  # noqa: PLC0415  (keep this module importable without TF)
-
     return [keras.metrics.AUC(num_thresholds=1000, curve="ROC", name=f"{prefix}auc"),
             keras.metrics.BinaryAccuracy(threshold=0.5, name=f"{prefix}accuracy")]

@@ -9,6 +9,9 @@ global policy is ``mixed_float16`` (bfloat16 has float32's exponent range and ne
 """
 from __future__ import annotations
 
+import keras
+import tensorflow as tf
+
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 CHOICES = ("auto",) + POLICIES
 
@@ -29,7 +32,6 @@ def resolve_policy(name: str = "auto") -> str:
         raise ValueError(f"--precision={name!r} is not one of {', '.join(CHOICES)}")
     if key != "auto":
         return key
-    import tensorflow as tf  # noqa: PLC0415  (lazy: only auto needs the device list)
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
@@ -38,7 +40,6 @@ def set_policy(name: str = "auto") -> str:
 
     Call before building the model (layers read the global policy when they are built).
     """
-    import keras  # noqa: PLC0415
     policy = resolve_policy(name)
     keras.mixed_precision.set_global_policy(policy)
     return policy

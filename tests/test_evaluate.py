@@ -140,7 +140,8 @@ def test_auto_tta_follows_the_training_runs():
 def test_fold_ensemble_dir_uses_out_of_fold_threshold(tiny_fold_data, tmp_path):
     ens = tmp_path / "cv"
     for k in range(3):
-        tm.save_model_dir(tm.planted_model(64), str(ens / f"fold_{k}"), val_fold=k)
+        tm.save_model_dir(tm.planted_model(64), str(ens / f"fold_{k}"),
+                          flags={"val_fold": k})
     assert model_io.is_ensemble_dir(str(ens))
     files = model_io.resolve_model_files(str(ens))
     assert [os.path.basename(os.path.dirname(f)) for f in files] == ["fold_0", "fold_1", "fold_2"]
@@ -159,7 +160,8 @@ def test_oof_split_pools_each_fold_model_on_its_own_fold(tiny_fold_data, tmp_pat
     from pipeline import reader
     ens = tmp_path / "cv"
     for k in range(3):
-        tm.save_model_dir(tm.planted_model(64), str(ens / f"fold_{k}"), val_fold=k)
+        tm.save_model_dir(tm.planted_model(64), str(ens / f"fold_{k}"),
+                          flags={"val_fold": k})
     m = evaluation.evaluate(str(ens), tiny_fold_data, "oof", str(tmp_path / "out"),
                             bootstrap=20)
     frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
@@ -233,4 +235,4 @@ def test_cli_writes_outputs_and_fails_clearly(planted_dir, tiny_data, tmp_path):
     r = subprocess.run([sys.executable, "-m", "tools.evaluate", f"--data={tiny_data}",
                         f"--model={tmp_path / 'missing'}", f"--output={tmp_path / 'x'}"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "missing does not exist" in r.stderr
+    assert r.returncode == 2 and "missing does not exist" in r.stderr   # bad input
