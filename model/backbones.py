@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Callable
 
 import keras
@@ -172,7 +173,6 @@ def build_backbone(name: str, image_size: int, weights: str | None = "none") -> 
 
 def load_weights_file(model: keras.Model, name: str, path: str) -> None:
     """Load a ``.weights.h5`` into a freshly built backbone; mismatches name ``--weights``."""
-    import warnings
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # Keras warns on partial loads

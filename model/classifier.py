@@ -3,7 +3,7 @@
 Graph (functional Keras model, saved as ``.keras``)::
 
     image uint8 [B, S, S, 3]
-      -> augmentation block (pipeline.augment: random only with training=True; holds
+      -> augmentation block (model.augment: random only with training=True; holds
          the optional Gaussian local-contrast normalisation, applied always)
       -> BackbonePreprocess (the backbone's own preprocess_input, float32)
       -> FrozenStatistics(backbone)   # called with training=False: BN statistics frozen
@@ -13,7 +13,7 @@ Graph (functional Keras model, saved as ``.keras``)::
 
 Without the age head the model has one output (a tensor); with it, a dict
 ``{"sex": ..., "age": ...}``. Loading a saved model needs the custom layers registered:
-import :mod:`model.backbones` and :mod:`pipeline.augment` first (``model.io`` does).
+import :mod:`model.backbones` and :mod:`model.augment` first (``model.io`` does).
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import keras
 
+from model import augment as augment_lib
 from model import backbones as backbones_lib
 
 BACKBONE_LAYER = "backbone"
@@ -40,7 +41,7 @@ class ClassifierConfig:
       image_size: square input size, pixels; 0 = the backbone's default.
       weights: ``"imagenet"``, ``"none"`` or a PATH to a ``.weights.h5``.
       dropout: dropout rate before the head, 0..1.
-      augment: a ``pipeline.augment.AugmentConfig`` (None: no augmentation block); its
+      augment: a :class:`model.augment.AugmentConfig` (None: no augmentation block); its
         ``local_contrast`` switches on the local-contrast normalisation.
       age_loss_weight: > 0 adds the auxiliary age-regression head ``age`` (years).
       seed: seed of the head's dropout (augmentation seeds live in ``augment``).
@@ -53,7 +54,7 @@ class ClassifierConfig:
     image_size: int = 0
     weights: str = "none"
     dropout: float = 0.2
-    augment: Any = None
+    augment: augment_lib.AugmentConfig | None = None
     age_loss_weight: float = 0.0
     seed: int | None = None
     freeze_bn_statistics: bool | None = None
@@ -68,12 +69,12 @@ class ClassifierConfig:
 
 
 def _augmentation(cfg: ClassifierConfig) -> list[keras.layers.Layer]:
-    """The augmentation block of pipeline.augment (it also holds the optional
-    local-contrast normalisation, ``AugmentConfig.local_contrast``)."""
+    """The augmentation block of :mod:`model.augment` (it also holds the optional
+    local-contrast normalisation, ``AugmentConfig.local_contrast``); none when
+    ``cfg.augment`` is None."""
     if cfg.augment is None:
         return []
-    from pipeline import augment  # noqa: PLC0415  (optional part of the graph)
-    return [augment.build_augmentation(cfg.augment)]
+    return [augment_lib.build_augmentation(cfg.augment)]
 
 
 def build_classifier(cfg: ClassifierConfig) -> keras.Model:

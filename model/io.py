@@ -15,14 +15,18 @@ model's input shape; callers resize per member (see :mod:`model.evaluation`).
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Any, Iterable, NamedTuple, Sequence
 
+import keras
 import numpy as np
+import tensorflow as tf
 
-BEST = "best.keras"
-RUN_JSON = "run.json"
+# imported for their side effect too: they register the project's custom Keras objects
+# (package "fundus"), which a saved model needs to load
+from model import augment, backbones, classifier, rundir  # noqa: F401
+
+BEST = rundir.BEST_MODEL
 
 
 class Member(NamedTuple):
@@ -112,35 +116,6 @@ def resolve_model_files(paths: str | Iterable[str]) -> list[str]:
     return files
 
 
-def read_run_info(keras_file: str) -> dict:
-    """``run.json`` beside ``keras_file`` as a dict (``{}`` when absent).
-
-    Raises ``ValueError`` naming the file when it exists but is not valid JSON.
-    """
-    path = os.path.join(os.path.dirname(os.path.abspath(keras_file)), RUN_JSON)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return info
-
-
-def register_custom_objects() -> None:
-    """Import the modules that register the project's custom Keras layers ("fundus")."""
-    import importlib  # noqa: PLC0415
-
-    for name in ("model.backbones", "pipeline.augment", "model.classifier"):
-        try:
-            importlib.import_module(name)
-        except ImportError:  # a module not there yet: its layers cannot be in a model
-            pass
-
-
 def _input_size(model) -> int:
     shape = model.inputs[0].shape
     if len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
@@ -151,8 +126,6 @@ def _input_size(model) -> int:
 
 def sex_model(model):
     """``model`` reduced to its single ``sex`` output (a model with an age head has two)."""
-    import keras  # noqa: PLC0415
-
     if len(model.outputs) == 1:
         return model
     try:
@@ -166,22 +139,17 @@ def sex_model(model):
 def load_model(keras_file: str) -> Member:
     """Load one ``.keras`` file (not compiled) with its run info.
 
-    ``run_info`` gains ``path`` (the file) and ``image_size`` (from run.json, else the
-    model's input shape).
+    ``run_info`` is the run record (``model.rundir.read_run_record``) plus ``path`` (the
+    file) and ``image_size`` (from run.json, else the model's input shape).
     """
-    import keras  # noqa: PLC0415
-
-    register_custom_objects()
-    info = dict(read_run_info(keras_file))
+    info = dict(rundir.read_run_record(keras_file))
     try:
         model = keras.saving.load_model(keras_file, compile=False)
     except Exception as e:  # keras raises many types; name the file
         raise ValueError(f"{keras_file}: cannot load the Keras model ({type(e).__name__}: {e})") from e
     model = sex_model(model)
     info["path"] = keras_file
-    if not info.get("image_size"):
-        info["image_size"] = _input_size(model)
-    info["image_size"] = int(info["image_size"])
+    info["image_size"] = rundir.image_size(info) or _input_size(model)
     return Member(model, info)
 
 
@@ -207,7 +175,7 @@ def resolve_tta(tta: str, members: Sequence[Member]) -> str:
         raise ValueError(f"--tta={tta!r}: use one of {', '.join(TTA_CHOICES)}")
     if tta != "auto":
         return tta
-    flips = [m.run_info.get("val_tta") == "flip" for m in members]
+    flips = [rundir.val_tta(m.run_info) == "flip" for m in members]
     return "flip" if flips and all(flips) else "none"
 
 
@@ -216,8 +184,6 @@ def make_predict_fn(model, tta: str = "none"):
 
     ``tta="flip"`` averages the prediction of the image and its left-right mirror.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
     if tta not in TTAS:
         raise ValueError(f"--tta must be none or flip, got {tta!r}")
 

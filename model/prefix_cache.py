@@ -20,14 +20,15 @@ tail trains the classifier, and ``best.keras`` / ``saved_model`` are the full ui
 Augmentation: only the horizontal flip survives caching. With ``flip`` on, the mirrored
 image's activations are cached too (twice the memory and prefix time) and every training
 example is drawn as the plain or the mirrored activation with probability 1/2 each
-epoch, as the flip layer would. Any other augmentation is an error
+epoch, as the flip layer would. Any other random transform of the augmentation block
+(:data:`model.augment.RANDOM_TRANSFORMS`, which that module keeps complete) is an error
 (:func:`check_augment`), so the saved model's augmentation block is flip-only as well.
 
 Memory: float16, ``h * w * c * 2`` bytes per image and view (MobileNetV2 at 384 px,
 block 12: 24 * 24 * 96 * 2 = 110.6 KB). The cache of the last configuration is kept in
 the process (:data:`_MEMO`), so ``--cv=K`` computes it once for all folds: it holds every
 record of the train/val splits, and each fold selects its rows with the reader's own
-filter (:func:`pipeline.reader._keep_mask`). With ``--prefix_cache_dir`` it is also kept
+filter (:func:`pipeline.reader.keep_mask`). With ``--prefix_cache_dir`` it is also kept
 on disk (:func:`save_cache` / :func:`load_cache`, one sub-directory per key), so later
 jobs with the same data, backbone, weights, size, cut and flip skip the prefix entirely.
 """
@@ -37,8 +38,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -46,32 +45,26 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model import backbones, classifier
+from model import augment, backbones, classifier
+from pipeline import fileio, reader, schema
 from pipeline import manifest as manifest_lib
-from pipeline import reader, schema
 
-# augmentation strengths that cannot act on cached activations (flag --augment_<name>)
-NON_FLIP = ("rotation_deg", "zoom", "translate", "brightness", "contrast", "saturation",
-            "hue", "vertical_flip")
+CACHED_TRANSFORMS = ("flip",)   # the random augmentations cached activations can replay
 ENCODE_BATCH = 32
 _MEMO: dict[str, "ActivationCache"] = {}   # one entry: the last cache built
 
 
-def check_augment(aug) -> None:
+def check_augment(aug: augment.AugmentConfig | None) -> None:
     """Raise ValueError naming the ``--augment_*`` flags that are on besides the flip.
 
-    ``aug``: a ``pipeline.augment.AugmentConfig`` (None means the defaults, which
-    rotate, zoom, ... and so fail)."""
-    from pipeline import augment  # noqa: PLC0415
-    aug = aug if aug is not None else augment.AugmentConfig()
-    on = [f"--augment_{n}={getattr(aug, n)}" for n in NON_FLIP if getattr(aug, n)]
-    if on:
-        off = " ".join(f"--augment_{n}={'false' if n == 'vertical_flip' else 0}"
-                       for n in NON_FLIP)
-        raise ValueError(
-            f"--cache_frozen_prefix trains on cached activations, where only the horizontal "
-            f"flip (--augment_flip) is possible; these are on: {', '.join(on)}. Pass {off} "
-            f"(or drop --cache_frozen_prefix)")
+    ``aug``: a :class:`model.augment.AugmentConfig` (None means the defaults, which
+    rotate, zoom, ... and so fail). The random transforms are the augmentation module's
+    own list (:func:`model.augment.check_only`)."""
+    augment.check_only(
+        aug, allowed=CACHED_TRANSFORMS,
+        why="--cache_frozen_prefix trains on cached activations, where only the horizontal "
+            "flip (--augment_flip) is possible",
+        alternative="or drop --cache_frozen_prefix")
 
 
 # ============================================================================= the cut
@@ -170,9 +163,9 @@ class ActivationCache:
         in_split = np.isin(self.split, list(spec.splits))
         parsed = {"normal": tf.constant(self.normal, tf.int64),
                   "fold": tf.constant(self.fold, tf.int64)}
-        by_normal = reader._normal_filter(spec, normal_only)  # noqa: SLF001
+        by_normal = reader.normal_filter(spec, normal_only)
         by_fold = spec.folds_include is not None or spec.folds_exclude is not None
-        keep = reader._keep_mask(parsed, spec, by_normal, by_fold).numpy()  # noqa: SLF001
+        keep = reader.keep_mask(parsed, spec, by_normal, by_fold).numpy()
         return np.flatnonzero(in_split & keep)
 
     def nbytes(self) -> int:
@@ -187,7 +180,7 @@ def build_cache(encoder: keras.Model, data_dir: str, splits: tuple[str, ...],
     man = manifest_lib.load(data_dir)
     files, names = [], []
     for s in splits:
-        f = reader._shards(data_dir, man, reader.SplitSpec((s,)))  # noqa: SLF001
+        f = reader.shard_files(data_dir, man, reader.SplitSpec((s,)))
         files += f
         names += [s] * len(f)
     ds = tf.data.Dataset.from_tensor_slices((files, names)).flat_map(
@@ -230,6 +223,7 @@ def build_cache(encoder: keras.Model, data_dir: str, splits: tuple[str, ...],
 
 CACHE_ARRAYS = ("acts", "acts_flip", "sex", "normal", "fold", "patient_id", "filename",
                 "split")
+KEY_JSON = "key.json"    # beside the arrays: {"key": memo key, "cut": layer, "seconds": s}
 
 
 def disk_key(memo_key: str) -> str:
@@ -239,37 +233,37 @@ def disk_key(memo_key: str) -> str:
 
 def save_cache(cache: ActivationCache, directory: str, memo_key: str) -> str:
     """Write ``cache`` to ``directory/<disk_key>/`` (one ``.npy`` per array and
-    ``key.json``), atomically: written under a temporary name, renamed when complete, so
-    a killed job leaves no half cache. Returns the path."""
+    ``key.json``), atomically (:func:`pipeline.fileio.write_dir_atomic`: written under a
+    temporary name, renamed when complete), so a killed job leaves no half cache. A cache
+    already there (another job wrote the same key) is kept; two jobs writing the same key
+    at once write the same arrays and the later rename wins. Returns the path."""
     final = os.path.join(directory, disk_key(memo_key))
-    os.makedirs(directory, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=directory)
-    try:
+    if os.path.isdir(final):
+        return final
+
+    def write(tmp: str) -> None:
         for name in CACHE_ARRAYS:
             arr = getattr(cache, name)
             if arr is not None:
                 np.save(os.path.join(tmp, f"{name}.npy"), arr, allow_pickle=False)
-        with open(os.path.join(tmp, "key.json"), "w") as f:
-            json.dump({"key": json.loads(memo_key), "cut": cache.cut,
-                       "seconds": cache.seconds}, f, indent=1)
-        if os.path.exists(final):      # another job wrote the same key meanwhile
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        fileio.write_json(os.path.join(tmp, KEY_JSON),
+                          {"key": json.loads(memo_key), "cut": cache.cut,
+                           "seconds": cache.seconds})
+
+    return fileio.write_dir_atomic(final, write)
 
 
 def load_cache(directory: str, memo_key: str) -> ActivationCache | None:
     """The cache saved by :func:`save_cache` under ``memo_key``, or None when absent.
-    Raises ValueError naming the path when the directory holds another key."""
+    Raises ValueError naming the path when the directory holds another key or no valid
+    ``key.json``."""
     path = os.path.join(directory, disk_key(memo_key))
     if not os.path.isdir(path):
         return None
-    with open(os.path.join(path, "key.json")) as f:
-        meta = json.load(f)
+    meta = fileio.read_json(os.path.join(path, KEY_JSON))
+    if not isinstance(meta, dict) or "key" not in meta:
+        raise ValueError(f"--prefix_cache_dir: {path} has no valid {KEY_JSON} (an incomplete "
+                         f"cache?); delete it")
     if meta["key"] != json.loads(memo_key):
         raise ValueError(f"--prefix_cache_dir: {path} holds the cache of another "
                          f"configuration (hash collision); delete it")

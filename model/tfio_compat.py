@@ -14,9 +14,13 @@ import warnings
 
 @functools.lru_cache(maxsize=1)
 def tfio():
-    """Return the ``tensorflow_io`` module with its plugin warnings suppressed."""
+    """Return the ``tensorflow_io`` module with its plugin warnings suppressed (imported on
+    the first call, then cached)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(plugins are not loaded|unable to load libtensorflow_io).*")
+        warnings.filterwarnings(
+            "ignore", message=".*(plugins are not loaded|unable to load libtensorflow_io).*")
         warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow_io.*")
+        # stays here: only --augment_local_contrast needs tensorflow-io, whose import is
+        # fragile on TF 2.21 (BUILD_NOTES.md); at module level every model load would need it
         import tensorflow_io  # noqa: PLC0415
     return tensorflow_io

@@ -174,20 +174,25 @@ def _check_spec(data_dir: str, man: dict, spec: SplitSpec) -> None:
                          f"on data converted without --folds")
 
 
-def _normal_filter(spec: SplitSpec, normal_only: bool) -> bool:
+def normal_filter(spec: SplitSpec, normal_only: bool) -> bool:
+    """Whether ``spec`` keeps only normal eyes (``normal == 1``): ``normal_only`` asked for
+    it, or ``spec`` is an evaluation split (always filtered)."""
     return bool(normal_only or spec.evaluation)
 
 
 def _needs_filter(man: dict, spec: SplitSpec, normal_only: bool) -> tuple[bool, bool]:
     """(filter on normal, filter on fold): only what can drop a record."""
-    by_normal = _normal_filter(spec, normal_only) and any(
+    by_normal = normal_filter(spec, normal_only) and any(
         man["splits"][s].get("normal_images", -1) != man["splits"][s].get("images", 0)
         for s in spec.splits)
     by_fold = spec.folds_include is not None or spec.folds_exclude is not None
     return by_normal, by_fold
 
 
-def _shards(data_dir: str, man: dict, spec: SplitSpec) -> list[str]:
+def shard_files(data_dir: str, man: dict, spec: SplitSpec) -> list[str]:
+    """Paths of the non-empty shards of ``spec``'s splits, in manifest order (``man``: the
+    manifest of ``data_dir``). Raises FileNotFoundError naming the manifest when a listed
+    shard is missing."""
     out = []
     for s in spec.splits:
         for entry in man["splits"][s]["shards"]:
@@ -200,9 +205,13 @@ def _shards(data_dir: str, man: dict, spec: SplitSpec) -> list[str]:
     return out
 
 
-def _keep_mask(parsed: dict[str, tf.Tensor], spec: SplitSpec, by_normal: bool,
-               by_fold: bool) -> tf.Tensor:
-    """bool tensor, the shape of ``parsed['normal']``: records this spec keeps."""
+def keep_mask(parsed: dict[str, tf.Tensor], spec: SplitSpec, by_normal: bool,
+              by_fold: bool) -> tf.Tensor:
+    """bool tensor, the shape of ``parsed['normal']``: the records ``spec`` keeps.
+
+    ``parsed``: int64 ``normal`` (0/1) and ``fold`` (-1: none) tensors of one record or a
+    batch. ``by_normal``: keep ``normal == 1`` only (see :func:`normal_filter`);
+    ``by_fold``: apply ``spec``'s fold filters."""
     keep = tf.ones_like(parsed["normal"], dtype=tf.bool)
     if by_normal:
         keep = tf.logical_and(keep, tf.equal(parsed["normal"], 1))
@@ -229,7 +238,7 @@ def _stats_cached(data_dir: str, manifest_sha: str, spec: SplitSpec,
         return SplitStats(sum(manifest_lib.split_size(man, s) for s in spec.splits),
                           sum(int(e.get("male", 0)) for e in entries),
                           sum(int(e.get("female", 0)) for e in entries))
-    files = _shards(data_dir, man, spec)
+    files = shard_files(data_dir, man, spec)
     if not files:
         return SplitStats(0, 0, 0)
     keys = {k: schema.FEATURES[k] for k in ("normal", "fold", "patient/sex")}
@@ -238,7 +247,7 @@ def _stats_cached(data_dir: str, manifest_sha: str, spec: SplitSpec,
                             num_parallel_calls=AUTOTUNE)
     male = female = 0
     for parsed in ds:
-        keep = _keep_mask(parsed, spec, by_normal, by_fold).numpy()
+        keep = keep_mask(parsed, spec, by_normal, by_fold).numpy()
         sex = parsed["patient/sex"].numpy()[keep]
         male += int((sex == schema.SEX_MALE).sum())
         female += int((sex == schema.SEX_FEMALE).sum())
@@ -258,7 +267,7 @@ def split_stats(data_dir: str, split: str | Sequence[str] | SplitSpec, *,
 
 
 def count_records(data_dir: str, split, **kw: Any) -> int:
-    """Number of records after filtering (for ``steps_per_epoch``); see :func:`split_stats`."""
+    """Number of records after filtering; see :func:`split_stats`."""
     return split_stats(data_dir, split, **kw).records
 
 
@@ -266,14 +275,6 @@ def class_counts(data_dir: str, split, **kw: Any) -> dict[str, int]:
     """``{"male": M, "female": F}`` after filtering; see :func:`split_stats`."""
     st = split_stats(data_dir, split, **kw)
     return {"male": st.male, "female": st.female}
-
-
-def steps_per_epoch(data_dir: str, split, cfg: ReadConfig, training: bool = True,
-                    **kw: Any) -> int:
-    """Global batches per epoch: ``records // batch`` for training (drop_remainder),
-    ``ceil(records / batch)`` for evaluation."""
-    n = count_records(data_dir, split, normal_only=cfg.normal_only, **kw)
-    return n // cfg.batch_size if training else -(-n // cfg.batch_size)
 
 
 def decoded_bytes(records: int, image_size: int) -> int:
@@ -398,13 +399,13 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
     spec = as_spec(split, folds_include, folds_exclude)
     man = manifest_lib.load(data_dir)
     _check_spec(data_dir, man, spec)
-    normal_only = _normal_filter(spec, cfg.normal_only)
+    normal_only = normal_filter(spec, cfg.normal_only)
     by_normal, by_fold = _needs_filter(man, spec, cfg.normal_only)
     stats = split_stats(data_dir, spec, normal_only=cfg.normal_only)
     if stats.records == 0:
         raise ValueError(f"{manifest_lib.manifest_path(data_dir)}: split {spec.name} has no "
                          f"records after filtering (normal_only={normal_only})")
-    files = _shards(data_dir, man, spec)
+    files = shard_files(data_dir, man, spec)
 
     batch = cfg.batch_size
     pipelines, pipeline_id = 1, 0
@@ -434,7 +435,7 @@ def make_dataset(data_dir: str, split: str | Sequence[str] | SplitSpec, training
         records = records.shard(pipelines, pipeline_id)
 
     # 2. parse, filter before decode, decode + resize in parallel
-    keep = ((lambda p: _keep_mask(p, spec, by_normal, by_fold))
+    keep = ((lambda p: keep_mask(p, spec, by_normal, by_fold))
             if by_normal or by_fold else None)
     parsed = _parsed_records(records, cfg.parse, keep)
     size = int(cfg.image_size)

@@ -3,6 +3,7 @@ black, local contrast, flags, and .keras round trips."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from pipeline import augment
+from model import augment
+from model import backbones  # noqa: F401  (registers the layers augment_v1.keras holds)
 
 SIZE = 48
 
@@ -122,3 +124,113 @@ def test_flags_round_trip():
     fv(["prog", "--augment_rotation_deg=5", "--noaugment_flip", "--augment_hue=0"])
     cfg = augment.config_from_flags(fv, seed=7)
     assert cfg == augment.AugmentConfig(rotation_deg=5.0, flip=False, hue=0.0, seed=7)
+
+
+# ------------------------------------------------ models saved before the move still load
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def test_model_saved_before_the_move_loads():
+    """tests/data/augment_v1.keras was saved when the block lived in pipeline/augment.py
+    (see tests/data/make_augment_v1.py): same registered names, same predictions."""
+    model = keras.models.load_model(os.path.join(DATA, "augment_v1.keras"), compile=False)
+    expected = np.load(os.path.join(DATA, "augment_v1_expected.npz"))
+    block = model.get_layer("augmentation")
+    assert isinstance(block, augment.FundusAugmentation)
+    assert block.cfg == augment.AugmentConfig(local_contrast=True, seed=7)
+    assert isinstance(block.local_contrast, augment.LocalContrast)
+    got = model(expected["images"], training=False).numpy()
+    np.testing.assert_allclose(got, expected["probabilities"], atol=1e-5)
+
+
+# ------------------------------------------- the module's list of its random transforms
+LISTED = tuple(field for _, field in augment.RANDOM_TRANSFORMS)
+
+
+def _bright_fundi(n: int = 8) -> np.ndarray:
+    """Like toy_fundi but every disc pixel's max channel is >= 80 (above any mask
+    threshold _on_value picks), so only random transforms tell training from inference."""
+    img = toy_fundi(n, seed=4)
+    img[img > 0] = np.maximum(img[img > 0], 80)
+    return img
+
+
+def _changes_in_training(cfg: augment.AugmentConfig) -> bool:
+    """Whether the block's training output differs from its inference output (what an
+    activation cache, computed once in inference mode, cannot reproduce)."""
+    layer = augment.build_augmentation(cfg)
+    images = _bright_fundi()
+    infer = layer(images, training=False).numpy()
+    return any(not np.allclose(layer(images, training=True).numpy(), infer, atol=1e-3)
+               for _ in range(2))
+
+
+def _on_value(cfg: augment.AugmentConfig, field: dataclasses.Field):
+    """A value of ``field`` that differs from ``cfg``'s: the other boolean, a quarter of
+    the float range, seed 5."""
+    value = getattr(cfg, field.name)
+    if field.name == "seed":
+        return 5
+    if isinstance(value, bool):
+        return not value
+    assert field.name in augment.RANGES, (
+        f"AugmentConfig.{field.name}: add its valid range to augment.RANGES")
+    lo, hi = augment.RANGES[field.name]
+    return lo + (hi - lo) / 4.0
+
+
+def _random_transform_list_errors() -> list[str]:
+    """Fields whose membership in augment.RANDOM_TRANSFORMS disagrees with what the block
+    does with that field switched on alone (every listed transform off otherwise)."""
+    listed = tuple(field for _, field in augment.RANDOM_TRANSFORMS)
+    fields = dataclasses.fields(augment.AugmentConfig)
+    base = augment.AugmentConfig(seed=3, **{
+        f.name: (False if isinstance(f.default, bool) else 0.0)
+        for f in fields if f.name in listed})
+    errors = []
+    if augment.active_transforms(base) or _changes_in_training(base):
+        errors.append(f"with every listed transform off ({listed}) training still changes "
+                      f"the images: a random transform is missing from RANDOM_TRANSFORMS")
+    for f in fields:
+        cfg = dataclasses.replace(base, **{f.name: _on_value(base, f)})
+        random = _changes_in_training(cfg)
+        if random != (f.name in listed):
+            errors.append(f"{f.name}: changes the images in training: {random}; listed in "
+                          f"RANDOM_TRANSFORMS: {f.name in listed}")
+        if random and augment.active_transforms(cfg) != (f.name,):
+            errors.append(f"{f.name}: active_transforms gives {augment.active_transforms(cfg)}")
+    return errors
+
+
+def test_every_random_transform_is_listed():
+    assert _random_transform_list_errors() == []
+
+
+def test_a_transform_missing_from_the_list_is_caught(monkeypatch):
+    forgotten = tuple(t for t in augment.RANDOM_TRANSFORMS if t[1] != "zoom")
+    monkeypatch.setattr(augment, "RANDOM_TRANSFORMS", forgotten)
+    errors = _random_transform_list_errors()
+    assert any(e.startswith("zoom:") for e in errors), errors
+    assert any("missing from RANDOM_TRANSFORMS" in e for e in errors), errors
+
+
+def test_active_transforms_and_check_only():
+    assert augment.active_transforms(None) == (
+        "flip", "rotation_deg", "zoom", "translate", "brightness", "contrast",
+        "saturation", "hue")
+    flip_only = augment.AugmentConfig(flip=True, rotation_deg=0, zoom=0, translate=0,
+                                      brightness=0, contrast=0, saturation=0, hue=0,
+                                      local_contrast=True)
+    assert augment.active_transforms(flip_only) == ("flip",)
+    augment.check_only(flip_only, allowed=("flip",), why="x")          # no error
+    augment.check_only(augment.AugmentConfig(), allowed=LISTED, why="x")
+    cfg = dataclasses.replace(flip_only, hue=0.05, vertical_flip=True)
+    with pytest.raises(ValueError) as e:
+        augment.check_only(cfg, allowed=("flip",), why="only the flip here",
+                           alternative="or drop --x")
+    off = " ".join(f"--augment_{f}={'false' if f == 'vertical_flip' else 0}"
+                   for f in LISTED if f != "flip")
+    assert str(e.value) == (f"only the flip here; these are on: --augment_hue=0.05, "
+                            f"--augment_vertical_flip=True. Pass {off} (or drop --x)")
+    with pytest.raises(ValueError, match="--augment_flip=True"):
+        augment.check_only(None, allowed=(), why="none")

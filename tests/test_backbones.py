@@ -8,8 +8,7 @@ import pytest
 
 import keras
 
-from model import backbones
-from model import classifier
+from model import backbones, classifier, rundir
 
 SHARED_MNV2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "weights",
                            "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
@@ -111,8 +110,7 @@ def _build_train_save(name: str, tmp_path) -> None:
     logs = model.train_on_batch(x, np.array([0.0, 1.0], "float32"), return_dict=True)
     assert np.isfinite(logs["loss"])
     path = str(tmp_path / f"{name}.keras")
-    from model.training import save_model
-    save_model(model, path)
+    rundir.save_model(model, path)
     loaded = keras.models.load_model(path, compile=False)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)

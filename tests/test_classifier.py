@@ -6,8 +6,7 @@ import pytest
 
 import keras
 
-from model import classifier
-from pipeline import augment
+from model import augment, classifier
 
 
 def _images(n: int = 4, size: int = 32, seed: int = 0) -> np.ndarray:

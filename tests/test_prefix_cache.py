@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from model import backbones, classifier, prefix_cache, training
-from pipeline import augment, reader
+from model import augment, backbones, classifier, prefix_cache, training
+from pipeline import reader
 
 FLIP_ONLY = augment.AugmentConfig(flip=True, rotation_deg=0, zoom=0, translate=0,
                                   brightness=0, contrast=0, saturation=0, hue=0, seed=1)
@@ -66,6 +66,23 @@ def test_non_flip_augmentation_is_a_clear_error(tiny_fold_data, tmp_path):
     assert not os.path.exists(tmp_path / "m")
 
 
+def test_check_augment_message_and_flip_only():
+    prefix_cache.check_augment(FLIP_ONLY)                         # the flip is replayed
+    prefix_cache.check_augment(dataclasses.replace(FLIP_ONLY, local_contrast=True))
+    off = ("--augment_rotation_deg=0 --augment_zoom=0 --augment_translate=0 "
+           "--augment_brightness=0 --augment_contrast=0 --augment_saturation=0 "
+           "--augment_hue=0 --augment_vertical_flip=false")
+    with pytest.raises(ValueError) as e:
+        prefix_cache.check_augment(dataclasses.replace(FLIP_ONLY, zoom=0.2,
+                                                       vertical_flip=True))
+    assert str(e.value) == (
+        "--cache_frozen_prefix trains on cached activations, where only the horizontal "
+        "flip (--augment_flip) is possible; these are on: --augment_zoom=0.2, "
+        f"--augment_vertical_flip=True. Pass {off} (or drop --cache_frozen_prefix)")
+    with pytest.raises(ValueError, match="--augment_rotation_deg=15.0"):
+        prefix_cache.check_augment(None)                          # the defaults rotate
+
+
 def _toy_cache(flip: bool) -> prefix_cache.ActivationCache:
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(5, 2, 2, 3)).astype(np.float16)
@@ -96,6 +113,15 @@ def test_disk_cache_round_trip(flip, tmp_path):
     # a directory whose key.json names another configuration is an error, not a reuse
     os.rename(path, os.path.join(tmp_path, prefix_cache.disk_key(other)))
     with pytest.raises(ValueError, match="another configuration"):
+        prefix_cache.load_cache(str(tmp_path), other)
+    # saving a key already on disk keeps that cache (another job wrote it first)
+    kept = prefix_cache.save_cache(_toy_cache(not flip), str(tmp_path), other)
+    assert prefix_cache.load_cache(str(tmp_path), key) is None
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(kept)]
+    with pytest.raises(ValueError, match="another configuration"):   # not overwritten
+        prefix_cache.load_cache(str(tmp_path), other)
+    os.remove(os.path.join(kept, prefix_cache.KEY_JSON))
+    with pytest.raises(ValueError, match="no valid key.json"):
         prefix_cache.load_cache(str(tmp_path), other)
 
 

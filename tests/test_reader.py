@@ -235,6 +235,35 @@ def test_bad_inputs_name_the_problem(tiny_data, tmp_path):
         reader.ReadConfig(batch_size=0)
 
 
+def test_public_filter_helpers(tiny_fold_data):
+    """keep_mask / normal_filter / shard_files: the reader's own filter, shared with the
+    prefix cache (model/prefix_cache.py)."""
+    parsed = {"normal": tf.constant([1, 0, 1, 1], tf.int64),
+              "fold": tf.constant([0, 1, 2, -1], tf.int64)}
+    train = reader.SplitSpec(("train",), folds_exclude=(2,))
+    assert not reader.normal_filter(train, normal_only=False)
+    assert reader.normal_filter(train, normal_only=True)
+    assert reader.normal_filter(reader.SplitSpec(("val",), evaluation=True), False)
+    keep = reader.keep_mask(parsed, train, by_normal=False, by_fold=True).numpy()
+    assert keep.tolist() == [True, True, False, True]
+    keep = reader.keep_mask(parsed, train, by_normal=True, by_fold=True).numpy()
+    assert keep.tolist() == [True, False, False, True]
+    val = reader.SplitSpec(("val",), folds_include=(0, 1), evaluation=True)
+    assert reader.keep_mask(parsed, val, False, True).numpy().tolist() == [
+        True, True, False, False]
+    man = manifest_lib.load(tiny_fold_data)
+    files = reader.shard_files(tiny_fold_data, man, reader.SplitSpec(("train", "val")))
+    listed = [e["path"] for s in ("train", "val") for e in man["splits"][s]["shards"]
+              if int(e.get("records", 1)) > 0]
+    assert files == [os.path.join(tiny_fold_data, p) for p in listed]
+    os.rename(files[0], files[0] + ".moved")
+    try:
+        with pytest.raises(FileNotFoundError, match="missing shards"):
+            reader.shard_files(tiny_fold_data, man, reader.SplitSpec(("train",)))
+    finally:
+        os.rename(files[0] + ".moved", files[0])
+
+
 @pytest.mark.parametrize("shards", [4, 1])
 def test_input_context_shards_disjointly(tmp_path, shards):
     root = write_coded_data(str(tmp_path / "d"), n=40, shards=shards)

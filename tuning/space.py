@@ -37,10 +37,11 @@ apply. This module is pure Python (no TensorFlow): parsing and validation only.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Iterable, Mapping
+
+from pipeline import fileio
 
 KINDS = ("choice", "float", "int", "fixed")
 SAMPLINGS = ("linear", "log")
@@ -106,7 +107,7 @@ class Param:
 
 # The hyperparameters the HyperModel can search, with their value type and a default
 # range used when ``--search`` names one without giving a range. Every name is the
-# training job's flag of the same value (augmentation strengths are pipeline.augment's
+# training job's flag of the same value (augmentation strengths are model.augment's
 # ``--augment_<AugmentConfig field>`` flags); the HyperModel applies them to the configs.
 TUNABLES: dict[str, Param] = {
     p.name: p for p in [
@@ -272,10 +273,9 @@ def load_space_file(path: str) -> dict[str, Param]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--space={path}: no such file")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--space={path}: not valid JSON ({e})") from e
+        data = fileio.read_json(path)
+    except ValueError as e:
+        raise ValueError(f"--space={e}") from e
     if not isinstance(data, dict):
         raise ValueError(f"--space={path}: the top level must be an object name -> range")
     return {name: param_from_json(name, spec, path)

@@ -26,9 +26,18 @@ kernel: 2k instead of k^2 multiplies a pixel), so it is plain TF ops that run on
 Vertical flips and large rotations are off by default: the anatomy (optic disc left or
 right of the fovea, the vessel arcades above and below) carries the signal.
 
+This module owns the list of its random transforms (:data:`RANDOM_TRANSFORMS`, each with
+the :class:`AugmentConfig` field that switches it on): :func:`active_transforms` names the
+ones a configuration turns on and :func:`check_only` refuses a configuration that turns on
+more than a caller can honour (``--cache_frozen_prefix`` trains on activations computed
+once in inference mode, where only the horizontal flip can be replayed). A test builds
+the block with each field on alone, so a random transform missing from the list fails it.
+
 Every strength is an absl flag (:func:`define_flags`, :func:`config_from_flags`) so the
 training job and the tuner share one definition. All layers are registered under the
-Keras package ``"fundus"`` and round-trip through ``.keras`` files.
+Keras package ``"fundus"`` and round-trip through ``.keras`` files (the block lived in
+``pipeline/augment.py`` before; the registered names did not change, so models saved then
+still load).
 """
 from __future__ import annotations
 
@@ -38,8 +47,33 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+from absl import flags
+
+from model import tfio_compat
 
 PACKAGE = "fundus"
+FLAG_PREFIX = "augment_"     # AugmentConfig field f is the flag --augment_<f> (not seed)
+
+# The random transforms of FundusAugmentation (training=True only), as
+# (transform, AugmentConfig field that switches it on); a field is "on" when truthy. Every
+# field that adds a random layer must be here (tests/test_augment.py checks it).
+RANDOM_TRANSFORMS: tuple[tuple[str, str], ...] = (
+    ("horizontal_flip", "flip"),
+    ("rotation", "rotation_deg"),
+    ("zoom", "zoom"),
+    ("translation", "translate"),
+    ("brightness", "brightness"),
+    ("contrast", "contrast"),
+    ("saturation", "saturation"),
+    ("hue", "hue"),
+    ("vertical_flip", "vertical_flip"),
+)
+# valid range of every float field of AugmentConfig, [lo, hi]
+RANGES: dict[str, tuple[float, float]] = {
+    "rotation_deg": (0.0, 180.0), "zoom": (0.0, 0.99), "translate": (0.0, 1.0),
+    "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "saturation": (0.0, 1.0),
+    "hue": (0.0, 0.5), "local_contrast_sigma_frac": (1e-4, 1.0),
+    "mask_threshold": (0.0, 254.0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +114,7 @@ class AugmentConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        ranges = {"rotation_deg": (0.0, 180.0), "zoom": (0.0, 0.99), "translate": (0.0, 1.0),
-                  "brightness": (0.0, 1.0), "contrast": (0.0, 1.0), "saturation": (0.0, 1.0),
-                  "hue": (0.0, 0.5), "local_contrast_sigma_frac": (1e-4, 1.0),
-                  "mask_threshold": (0.0, 254.0)}
-        for name, (lo, hi) in ranges.items():
+        for name, (lo, hi) in RANGES.items():
             value = float(getattr(self, name))
             if not lo <= value <= hi:
                 raise ValueError(f"--augment_{name}={value} is outside [{lo}, {hi}]")
@@ -135,7 +165,7 @@ class LocalContrast(keras.layers.Layer):
         self.mask_threshold = float(mask_threshold)
 
     def call(self, images: tf.Tensor, fundus: tf.Tensor | None = None) -> tf.Tensor:
-        tfio = _tfio()
+        tfio = tfio_compat.tfio()
         x = tf.cast(images, tf.float32)
         side = min(int(x.shape[1]), int(x.shape[2]))
         sigma = self.sigma_frac * side
@@ -193,11 +223,6 @@ class RandomSaturationHue(keras.layers.Layer):
         config = super().get_config()
         config.update(saturation=self.saturation, hue=self.hue, seed=self.seed)
         return config
-
-
-def _tfio():
-    from model.tfio_compat import tfio  # noqa: PLC0415  (the one quiet import of tfio)
-    return tfio()
 
 
 def _seed(seed: int | None, offset: int) -> int | None:
@@ -313,6 +338,36 @@ def build_augmentation(cfg: AugmentConfig | None = None) -> FundusAugmentation:
     return FundusAugmentation(**dataclasses.asdict(cfg))
 
 
+# ------------------------------------------------------------- the random transforms
+def active_transforms(cfg: AugmentConfig | None) -> tuple[str, ...]:
+    """The :class:`AugmentConfig` fields of the random transforms ``cfg`` switches on, in
+    :data:`RANDOM_TRANSFORMS` order (e.g. ``("flip", "rotation_deg")``). ``None``: the
+    defaults. Deterministic settings (``local_contrast``, ``restore_mask``, ...) are not
+    transforms: they act the same with cached or live images."""
+    cfg = cfg if cfg is not None else AugmentConfig()
+    return tuple(field for _, field in RANDOM_TRANSFORMS if getattr(cfg, field))
+
+
+def check_only(cfg: AugmentConfig | None, allowed: tuple[str, ...] = ("flip",),
+               why: str = "only these random augmentations are possible",
+               alternative: str = "") -> None:
+    """Raise ValueError when ``cfg`` (None: the defaults) switches on a random transform
+    whose field is not in ``allowed``.
+
+    The message is ``"<why>; these are on: --augment_<f>=<value>, ... Pass <every
+    not-allowed random flag switched off> (<alternative>)"``."""
+    on = [f for f in active_transforms(cfg) if f not in allowed]
+    if not on:
+        return
+    cfg = cfg if cfg is not None else AugmentConfig()
+    named = ", ".join(f"--{FLAG_PREFIX}{f}={getattr(cfg, f)}" for f in on)
+    off = " ".join(
+        f"--{FLAG_PREFIX}{f}={'false' if isinstance(getattr(cfg, f), bool) else 0}"
+        for _, f in RANDOM_TRANSFORMS if f not in allowed)
+    raise ValueError(f"{why}; these are on: {named}. Pass {off}"
+                     + (f" ({alternative})" if alternative else ""))
+
+
 # --------------------------------------------------------------------------- flags
 _FLAG_HELP = {
     "flip": "random horizontal flip in training",
@@ -331,13 +386,11 @@ _FLAG_HELP = {
                                  "the image side",
     "mask_threshold": "fundus mask threshold on the max channel, 0..255",
 }
-FLAG_PREFIX = "augment_"
 
 
 def define_flags(flag_values=None) -> None:
     """Define ``--augment_<field>`` absl flags for every :class:`AugmentConfig` strength
     (defaults from the dataclass). Safe to call twice (already defined flags are kept)."""
-    from absl import flags  # noqa: PLC0415
     fv = flag_values if flag_values is not None else flags.FLAGS
     defaults = AugmentConfig()
     for name, help_text in _FLAG_HELP.items():
@@ -353,7 +406,6 @@ def define_flags(flag_values=None) -> None:
 
 def config_from_flags(flag_values=None, seed: int | None = None) -> AugmentConfig:
     """The :class:`AugmentConfig` of the parsed ``--augment_*`` flags."""
-    from absl import flags  # noqa: PLC0415
     fv = flag_values if flag_values is not None else flags.FLAGS
     values = {name: getattr(fv, FLAG_PREFIX + name) for name in _FLAG_HELP}
     return AugmentConfig(seed=seed, **values)
