@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tuning import results
 from tuning import space as space_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,11 +184,11 @@ def test_summary_rows_sorted_by_val_auc_failed_last():
         class hypermodel:
             space = space_lib.load(None, ["learning_rate=1e-4..1e-2:log"])
 
-    rows = search.summary_rows(Tuner())
+    rows = results.summary_rows(Tuner())
     assert [r["trial_id"] for r in rows] == ["2", "3", "0", "1"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["learning_rate"] == 3e-3 and rows[-1]["status"] == "FAILED"
-    text = search.format_summary(rows)
+    text = results.format_summary(rows)
     assert text.splitlines()[1].split()[1] == "2"
 
 
@@ -347,7 +348,7 @@ def test_best_retrain_writes_a_fundus_train_model_dir(sweep, tmp_path):
     from tuning import search
     directory, result = sweep
     cfg = search.SweepConfig(directory=str(tmp_path), best="retrain")
-    run = search.export_best(result["tuner"], cfg, result["rows"])
+    run = results.export_best(result["tuner"], cfg, result["rows"])
     best = tmp_path / "best"
     assert (best / "best.keras").exists() and (best / "saved_model").is_dir()
     assert run["tuning"]["mode"] == "retrain"
