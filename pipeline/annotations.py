@@ -344,14 +344,13 @@ def detect_format(path: str) -> str:
     return _format_of(path, _normalise_columns(_read_table(path), path))
 
 
-def read_annotations(path: str, images_dir: str | None = None) -> pd.DataFrame:
+def read_annotations(path: str) -> pd.DataFrame:
     """Read one annotation file (or class-folder tree) into the eye table.
 
     Args:
       path: a ``.csv``/``.xlsx`` annotation file, or a ``{split}/{sex}/*.jpg`` folder.
-      images_dir: accepted for the module contract; the table does not depend on it
-        (image paths are ``os.path.join(images_dir, filename)``; for a folder tree
-        ``images_dir`` is the tree itself).
+        The table does not depend on where the images are (the converter joins its
+        ``--images`` folder with ``filename``; a folder tree is its own image folder).
 
     Returns:
       DataFrame with exactly :data:`COLUMNS`, in source order (per-patient formats:
@@ -361,7 +360,6 @@ def read_annotations(path: str, images_dir: str | None = None) -> pd.DataFrame:
       AnnotationError (ValueError): unreadable file, missing required columns, or
         conflicting values for one patient ID; the message names file, row and column.
     """
-    del images_dir  # the eye table is independent of where the images are
     path = os.fspath(path)
     if os.path.isdir(path):
         out = _read_tree(path)

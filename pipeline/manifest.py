@@ -53,15 +53,11 @@ def manifest_path(data_dir: str) -> str:
 def load(data_dir: str) -> dict[str, Any]:
     """Read ``DATA/manifest.json``; a clear error when it is missing or malformed."""
     path = manifest_path(data_dir)
-    if not os.path.exists(path):
+    manifest = fileio.read_json(path)     # ValueError naming the file on bad JSON
+    if manifest is None:
         raise FileNotFoundError(
             f"{path}: no manifest; is --data a fundus-convert output directory?")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if "splits" not in manifest:
+    if not isinstance(manifest, dict) or "splits" not in manifest:
         raise ValueError(f"{path}: no 'splits' key; not a fundus-convert manifest")
     return manifest
 

@@ -17,8 +17,9 @@ Flow of :func:`convert`:
    ``.fundus-convert-progress.json`` with a matching sha256 are kept, the rest rewritten);
    output from other inputs or flags is refused unless ``overwrite``;
 4. prepare the photos in a process pool (:func:`pipeline.fundus.prepare_file`, ordered
-   ``imap``), write each shard under ``NAME.tmp`` and ``os.replace`` it when complete;
-   a photo that fails is a listed skip with its reason;
+   ``imap``), stream each shard to a temporary name and rename it into place when
+   complete (:func:`pipeline.fileio.write_atomic`); a photo that fails is a listed skip
+   with its reason;
 5. write ``manifest.json`` (:mod:`pipeline.manifest`) atomically and drop the progress file.
 
 Every byte of the output is a function of the inputs and the output-shaping flags (not
@@ -27,6 +28,7 @@ of ``workers``), so an interrupted run that is started again ends byte-identical
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -35,10 +37,12 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import PIL
+from PIL import features
 
 from pipeline import annotations as annotations_lib
 from pipeline import fileio
@@ -49,7 +53,9 @@ from pipeline import splits as splits_lib
 
 FORMAT_VERSION = 1
 PROGRESS_NAME = ".fundus-convert-progress.json"
-SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp)?$")
+#: The converter's files: shards, and their temporaries (``NAME.tmp<pid>``, or ``NAME.tmp``
+#: of older versions).
+SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp\d*)?$")
 #: Aim for shards of about this many bytes (estimated, see :func:`estimate_image_bytes`).
 TARGET_SHARD_BYTES = 150 * 1024 * 1024
 #: Smallest number of train shards (fewer only when there are fewer eyes of a sex).
@@ -259,15 +265,6 @@ def _prepare_task(task: tuple[str, int, int]) -> tuple[bytes | None, str | None]
         return None, f"unexpected error: {type(e).__name__}: {e}"
 
 
-def _bound_task(task: tuple[str, int, int]) -> int:
-    """Pool task of :func:`bench_bound`: the work only, nothing sent back but a length."""
-    path, size, quality = task
-    try:
-        return len(fundus.prepare_file(path, size, quality))
-    except fundus.FundusError:
-        return 0
-
-
 def output_flags(cfg: ConvertConfig, fractions: tuple[float, float, float]) -> dict[str, Any]:
     """The flags recorded in the manifest (those that shape the output, and the sources)."""
     return {"annotations": list(cfg.annotations), "images": list(cfg.images),
@@ -280,8 +277,6 @@ def output_flags(cfg: ConvertConfig, fractions: tuple[float, float, float]) -> d
 
 def software() -> dict[str, str]:
     """Versions whose change changes the output bytes."""
-    import PIL
-    from PIL import features
     return {"pillow": PIL.__version__, "libjpeg": str(features.version("jpg"))}
 
 
@@ -297,22 +292,23 @@ def fingerprint(flags: dict[str, Any], source_shas: list[str], image_shas: list[
 
 # ---------------------------------------------------------------------------- output dir
 
-def _read_json(path: str) -> dict | None:
+def _read_doc(path: str) -> dict | None:
+    """A JSON file of an earlier run; None when absent or not valid JSON (edited or
+    damaged: treated as absent, so the directory is judged by its other files)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        return fileio.read_json(path)
+    except ValueError:
         return None
 
 
-def _write_json_atomic(path: str, doc: dict) -> None:
-    fileio.write_text(path, manifest_lib.dumps(doc))
+_DOC_RE = re.compile("^(%s|%s)(\\.tmp\\d*)?$" % (re.escape(manifest_lib.MANIFEST_NAME),
+                                               re.escape(PROGRESS_NAME)))
 
 
 def _ours(name: str) -> bool:
-    return bool(SHARD_RE.match(name)) or name in (
-        manifest_lib.MANIFEST_NAME, manifest_lib.MANIFEST_NAME + ".tmp", PROGRESS_NAME,
-        PROGRESS_NAME + ".tmp")
+    """A file this converter writes: a shard, the manifest, the progress file, or a
+    temporary of one of them."""
+    return bool(SHARD_RE.match(name) or _DOC_RE.match(name))
 
 
 def _clear(output: str) -> None:
@@ -375,7 +371,7 @@ class _Progress:
 
 # ---------------------------------------------------------------------------- running
 
-def _pool(workers: int):
+def process_pool(workers: int):
     """A worker pool, or None to work in-process (one worker)."""
     if workers <= 1:
         return None
@@ -388,7 +384,8 @@ def _imap(pool, fn: Callable, tasks: list, chunksize: int) -> Iterator:
     return pool.imap(fn, tasks, chunksize=chunksize)
 
 
-def _chunksize(n: int, workers: int) -> int:
+def chunksize(n: int, workers: int) -> int:
+    """``imap`` chunk size for ``n`` tasks on ``workers`` processes (1..16)."""
     return max(1, min(16, n // max(1, workers * 16)))
 
 
@@ -397,7 +394,8 @@ _after_shard: Callable[[str], None] = lambda name: None  # noqa: E731
 
 
 def _eye_record(row: pd.Series, jpeg: bytes, size: int):
-    from pipeline import schema  # TensorFlow: imported in the parent only, after the fork
+    # schema imports TensorFlow: imported in the parent only, after the fork of the pool
+    from pipeline import schema  # noqa: PLC0415
     return schema.EyeRecord(
         jpeg=jpeg, size=size, filename=str(row["filename"]),
         patient_id=str(row["patient_id"]), age=int(row["age"]),
@@ -463,14 +461,14 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
     flags = output_flags(cfg, fractions)
     dirs = image_dirs(cfg)
 
-    pool = _pool(workers)
+    pool = process_pool(workers)
     try:
         source_shas = [manifest_lib.sha256_file(a) if os.path.isfile(a) else "folder"
                        for a in cfg.annotations]
         files = [kept.at[i, "path"] for sh in order for i in sh.rows]
         rel = [f"{kept.at[i, 'split']}/{kept.at[i, 'patient_id']}/{kept.at[i, 'eye']}/"
                f"{kept.at[i, 'filename']}" for sh in order for i in sh.rows]
-        shas = list(_imap(pool, _sha256_bytes, files, _chunksize(len(files), workers)))
+        shas = list(_imap(pool, _sha256_bytes, files, chunksize(len(files), workers)))
         fp = fingerprint(flags, source_shas, shas, rel)
         phases["fingerprint"] = time.monotonic() - t0 - sum(phases.values())
         state, payload = _prepare_output(cfg, fp)
@@ -480,20 +478,20 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
         status = "resumed" if completed else "converted"
         progress_path = os.path.join(cfg.output, PROGRESS_NAME)
         progress_doc = {"fingerprint": fp, "completed": completed}
-        _write_json_atomic(progress_path, progress_doc)
+        fileio.write_text(progress_path, manifest_lib.dumps(progress_doc))
 
         todo = [sh for sh in order if sh.name not in completed]
         tasks = [(kept.at[i, "path"], cfg.image_size, cfg.jpeg_quality)
                  for sh in todo for i in sh.rows]
         bar = _Progress(len(tasks), cfg.progress)
-        results = _imap(pool, _prepare_task, tasks, _chunksize(len(tasks), workers))
+        results = _imap(pool, _prepare_task, tasks, chunksize(len(tasks), workers))
         n_done = n_skip = 0
-        import tensorflow as tf  # noqa: PLC0415 - after the fork (workers stay TF-free)
+        # TensorFlow only after the pool's fork (its workers stay TF-free)
+        import tensorflow as tf  # noqa: PLC0415
         from pipeline import schema  # noqa: PLC0415
-        for sh in todo:
-            final = os.path.join(cfg.output, sh.name)
-            tmp = final + ".tmp"
-            written, skipped = [], []
+
+        def write_shard(sh: Shard, written: list, skipped: list, tmp: str) -> None:
+            nonlocal n_done, n_skip
             with tf.io.TFRecordWriter(tmp) as w:
                 for i in sh.rows:
                     jpeg, reason = next(results)
@@ -506,12 +504,16 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
                             _eye_record(kept.loc[i], jpeg, cfg.image_size)))
                         written.append(i)
                     bar.update(n_done, n_skip)
-            os.replace(tmp, final)
+
+        for sh in todo:
+            final = os.path.join(cfg.output, sh.name)
+            written, skipped = [], []
+            fileio.write_atomic(final, functools.partial(write_shard, sh, written, skipped))
             completed[sh.name] = {"records": len(written), "written": [_key(kept, i)
                                                                      for i in written],
                                   "sha256": manifest_lib.sha256_file(final),
                                   "skipped": skipped}
-            _write_json_atomic(progress_path, progress_doc)
+            fileio.write_text(progress_path, manifest_lib.dumps(progress_doc))
             _after_shard(sh.name)
         bar.close()
     finally:
@@ -552,8 +554,8 @@ def _prepare_output(cfg: ConvertConfig, fp: str) -> tuple[str, dict]:
     names = sorted(os.listdir(out))
     man_path = manifest_lib.manifest_path(out)
     prog_path = os.path.join(out, PROGRESS_NAME)
-    prog = _read_json(prog_path) if os.path.exists(prog_path) else None
-    manifest = _read_json(man_path) if os.path.exists(man_path) else None
+    prog = _read_doc(prog_path)
+    manifest = _read_doc(man_path)
     if manifest is not None and manifest.get("fingerprint") == fp and "splits" in manifest:
         if _up_to_date(out, manifest, fp):
             if prog is not None:  # killed between saving the manifest and cleaning up
@@ -615,31 +617,3 @@ def _build_manifest(cfg, kept, sel_skipped, shards, completed, flags, formats, s
 def convert(cfg: ConvertConfig) -> dict[str, Any]:
     """Run a conversion and return its manifest (see :func:`convert_with_status`)."""
     return convert_with_status(cfg).manifest
-
-
-# ---------------------------------------------------------------------------- bound
-
-def bench_bound(paths: Iterable[str], image_size: int, jpeg_quality: int,
-                workers: int | None = None) -> dict[str, float]:
-    """The conversion's upper bound: :func:`pipeline.fundus.prepare_file` (decode + crop +
-    resize + encode) over ``paths`` on ``workers`` processes (default all cores), nothing
-    else (no hashing, no transfer of the JPEGs, no TFRecord writing).
-
-    Returns ``{"images", "seconds", "images_per_s"}`` (pool start-up excluded)."""
-    paths = list(paths)
-    workers = int(workers or os.cpu_count() or 1)
-    tasks = [(p, image_size, jpeg_quality) for p in paths]
-    pool = _pool(workers)
-    try:
-        t = time.monotonic()
-        for _ in (map(_bound_task, tasks) if pool is None else
-                  pool.imap_unordered(_bound_task, tasks, chunksize=_chunksize(len(tasks),
-                                                                               workers))):
-            pass
-        seconds = time.monotonic() - t
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return {"images": len(tasks), "seconds": seconds,
-            "images_per_s": len(tasks) / seconds if seconds > 0 else float("inf")}

@@ -1,4 +1,5 @@
-"""fundus-bench on tiny data: every figure and ratio lands in the JSON."""
+"""fundus-bench's library (model.bench, pipeline.bench) on tiny data: every figure and
+ratio lands in the JSON."""
 from __future__ import annotations
 
 import json
@@ -7,14 +8,15 @@ import os
 
 import pytest
 
-from tools import bench
+from model import bench
+from pipeline import bench as input_bench
 
 
 @pytest.fixture(scope="module")
 def originals(tiny_data, tmp_path_factory) -> str:
     """The tiny set's stored JPEGs written out as 'original' files."""
     out = tmp_path_factory.mktemp("originals")
-    for rec in bench.stored_records(tiny_data, "train"):
+    for rec in input_bench.stored_records(tiny_data, "train"):
         (out / rec["filename"]).write_bytes(rec["jpeg"])
     return str(out)
 
@@ -52,6 +54,17 @@ def test_bench_writes_every_figure(tiny_data, originals, tmp_path):
 
 def test_missing_originals_named(tiny_data, tmp_path):
     with pytest.raises(FileNotFoundError, match="--originals: 48 original JPEGs"):
-        bench.original_paths(tiny_data, [r["filename"] for r in
-                                         bench.stored_records(tiny_data, "train")],
-                             str(tmp_path))
+        input_bench.original_paths(tiny_data, [r["filename"] for r in
+                                               input_bench.stored_records(tiny_data, "train")],
+                                   str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="--originals"):
+        input_bench.check_inputs(tiny_data, "train", str(tmp_path))
+
+
+def test_bad_arguments_named():
+    with pytest.raises(ValueError, match="--epochs=1"):
+        bench.check_arguments(epochs=1, size_range=(1400, 3000), train_arch="tiny",
+                              weights="none", precision="auto", augment_mode="auto")
+    with pytest.raises(FileNotFoundError, match="--weights=/no/such.h5"):
+        bench.check_arguments(epochs=3, size_range=(1400, 3000), train_arch="tiny",
+                              weights="/no/such.h5", precision="auto", augment_mode="auto")

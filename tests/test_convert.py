@@ -1,7 +1,7 @@
-"""fundus-convert (tools/convert.py): exit codes, summary, CLI; real-data acceptance (slow)."""
+"""fundus-convert (tools/convert.py, run as the console job): exit codes, summary, CLI;
+real-data acceptance (slow)."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -13,8 +13,7 @@ import tensorflow as tf
 
 from pipeline import manifest as manifest_lib
 from pipeline import schema, writer
-from tools import convert
-from tools.synth import make_synthetic
+from pipeline.synthetic import make_synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEV = os.path.join(REPO, "..", "shared", "data", "odir5k-dev")
@@ -27,26 +26,27 @@ def synth(tmp_path_factory) -> dict:
                           size_range=(160, 220), seed=5, formats=("full_df",))
 
 
-def cfg(synth, out, **kw) -> writer.ConvertConfig:
-    base = dict(annotations=[synth["full_df"]], images=[synth["images"]], output=str(out),
-                image_size=64, workers=1, progress=False)
-    base.update(kw)
-    return writer.ConvertConfig(**base)
-
-
-def run_job(c, **kw) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    rc = convert.job(c, out=out, err=err, **kw)
-    return rc, out.getvalue(), err.getvalue()
+def run_job(synth, out, *flags: str, annotations: str | None = None,
+            images: str | None = None) -> tuple[int, str, str]:
+    """``python -m tools.convert`` on the synthetic set (64 px, one worker, no progress
+    line); returns (exit status, stdout, stderr)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.convert",
+         f"--annotations={annotations or synth['full_df']}",
+         f"--images={images or synth['images']}", f"--output={out}", "--image_size=64",
+         "--workers=1", "--noprogress", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_exit_codes_and_summary(synth, tmp_path):
-    rc, out, _ = run_job(cfg(synth, tmp_path / "a"))
+    rc, out, _ = run_job(synth, tmp_path / "a")
     assert rc == 0 and "converted" in out and "total" in out
-    rc, out, _ = run_job(cfg(synth, tmp_path / "a"))
+    rc, out, _ = run_job(synth, tmp_path / "a")
     assert rc == 0 and "up to date" in out
-    rc, _, err = run_job(cfg(synth, tmp_path / "a", seed=9))
-    assert rc == 2 and "--overwrite" in err
+    rc, _, err = run_job(synth, tmp_path / "a", "--seed=9")
+    assert rc == 2 and "fundus-convert: error: --output=" in err and "--overwrite" in err
+    assert "Traceback" not in err
 
     # one broken photo: converted, exit 0; with --strict exit 1 (output still written)
     img = tmp_path / "img"
@@ -54,28 +54,28 @@ def test_exit_codes_and_summary(synth, tmp_path):
     normal = sorted(f"{p['id']}_{e}.jpg" for p in synth["patients"] for e in ("left", "right")
                     if p[f"{e}_kw"] == "normal fundus")
     (img / normal[0]).write_bytes(b"")
-    rc, out, _ = run_job(cfg(synth, tmp_path / "b", images=[str(img)]))
+    rc, out, _ = run_job(synth, tmp_path / "b", images=str(img))
     assert rc == 0 and "zero-byte file" in out
-    rc, _, err = run_job(cfg(synth, tmp_path / "c", images=[str(img)], strict=True))
-    assert rc == 1 and "--strict" in err
+    rc, _, err = run_job(synth, tmp_path / "c", "--strict", images=str(img))
+    assert rc == 1 and "fundus-convert: error: --strict" in err
     assert os.path.exists(tmp_path / "c" / "manifest.json")
 
     # nothing usable: exit 1
     empty = tmp_path / "empty"
     empty.mkdir()
-    rc, _, err = run_job(cfg(synth, tmp_path / "d", images=[str(empty)]))
-    assert rc == 1 and "nothing was converted" in err
+    rc, _, err = run_job(synth, tmp_path / "d", images=str(empty))
+    assert rc == 1 and "nothing was converted" in err and "Traceback" not in err
 
 
 def test_bad_annotations_exit_2(tmp_path, synth):
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,Patient Age\n1,50\n")
-    rc, _, err = run_job(cfg(synth, tmp_path / "o", annotations=[str(bad)]))
-    assert rc == 2 and "bad.csv" in err
+    rc, _, err = run_job(synth, tmp_path / "o", annotations=str(bad))
+    assert rc == 2 and "bad.csv" in err and "Traceback" not in err
 
 
 def test_bench_bound_line(synth, tmp_path):
-    rc, out, _ = run_job(cfg(synth, tmp_path / "b"), bench_bound=True)
+    rc, out, _ = run_job(synth, tmp_path / "b", "--bench_bound")
     assert rc == 0 and "of the bound" in out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ from PIL import Image
 
 from pipeline import annotations as A
 from pipeline import selection as S
-from tools import synth
+from pipeline import synthetic
 
 SIZE = (200, 300)
 
@@ -20,7 +22,7 @@ SIZE = (200, 300)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synth"))
-    return synth.make_synthetic(out, n_patients=16, size_range=SIZE, seed=5)
+    return synthetic.make_synthetic(out, n_patients=16, size_range=SIZE, seed=5)
 
 
 def _eyes(t):
@@ -79,25 +81,25 @@ def _digest(root):
 
 
 def test_byte_identical_for_same_args_and_different_for_other_seed(tmp_path, data):
-    a = synth.make_synthetic(str(tmp_path / "a"), n_patients=16, size_range=SIZE, seed=5,
-                             workers=1)
+    a = synthetic.make_synthetic(str(tmp_path / "a"), n_patients=16, size_range=SIZE, seed=5,
+                                 workers=1)
     root = os.path.dirname(data["full_df"])
     assert _digest(os.path.dirname(a["full_df"])) == _digest(root)
-    b = synth.make_synthetic(str(tmp_path / "b"), n_patients=16, size_range=SIZE, seed=6,
-                             formats=("full_df",))
+    b = synthetic.make_synthetic(str(tmp_path / "b"), n_patients=16, size_range=SIZE, seed=6,
+                                 formats=("full_df",))
     assert open(b["full_df"], "rb").read() != open(data["full_df"], "rb").read()
     assert open(data["full_df"], "rb").read().count(b"\r\n") == 33  # CRLF, as released
     with pytest.raises(FileExistsError, match="--overwrite"):
-        synth.make_synthetic(str(tmp_path / "b"), n_patients=2, size_range=SIZE)
+        synthetic.make_synthetic(str(tmp_path / "b"), n_patients=2, size_range=SIZE)
     with pytest.raises(ValueError, match="--formats"):
-        synth.make_synthetic(str(tmp_path / "c"), n_patients=2, formats=("parquet",))
+        synthetic.make_synthetic(str(tmp_path / "c"), n_patients=2, formats=("parquet",))
 
 
 def test_signal_is_the_only_sex_difference():
     args = (260, 195, "left", "normal fundus")
-    female = synth.render_fundus(args[0], args[1], False, args[2], args[3], 1.0, 7)
-    male0 = synth.render_fundus(args[0], args[1], True, args[2], args[3], 0.0, 7)
-    male1 = synth.render_fundus(args[0], args[1], True, args[2], args[3], 1.0, 7)
+    female = synthetic.render_fundus(args[0], args[1], False, args[2], args[3], 1.0, 7)
+    male0 = synthetic.render_fundus(args[0], args[1], True, args[2], args[3], 0.0, 7)
+    male1 = synthetic.render_fundus(args[0], args[1], True, args[2], args[3], 1.0, 7)
     assert np.array_equal(female, male0)  # signal 0: sex leaves no trace
     assert not np.array_equal(female, male1)
     # the male disc is brighter: the brightest patch gains
@@ -107,7 +109,22 @@ def test_signal_is_the_only_sex_difference():
 
 def test_workers_do_not_change_the_images(tmp_path):
     kw = dict(n_patients=3, size_range=SIZE, seed=2, formats=("full_df",))
-    a = synth.make_synthetic(str(tmp_path / "a"), workers=1, **kw)
-    b = synth.make_synthetic(str(tmp_path / "b"), workers=2, **kw)
+    a = synthetic.make_synthetic(str(tmp_path / "a"), workers=1, **kw)
+    b = synthetic.make_synthetic(str(tmp_path / "b"), workers=2, **kw)
     assert _digest(a["images"]) == _digest(b["images"])
     assert len(os.listdir(a["images"])) == 6
+
+
+def test_job_writes_then_refuses_a_non_empty_output(tmp_path):
+    """fundus-synth as a console job: exit 0 and a summary; the same --output again
+    without --overwrite: exit 2, one line naming the flag, no traceback."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "tools.synth", f"--output={tmp_path / 'o'}", "--patients=2",
+           "--min_width=100", "--max_width=120", "--workers=1", "--formats=full_df"]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wrote 4 images" in r.stdout and "full_df:" in r.stdout
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "fundus-synth: error: --output=" in r.stderr and "--overwrite" in r.stderr
+    assert "Traceback" not in r.stderr

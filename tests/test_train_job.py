@@ -29,13 +29,14 @@ def _job(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 def _main(argv: list[str]) -> int:
-    """Run tools.train.main in-process with fresh flag values (fast start-up checks)."""
+    """Run tools.train.main in-process with fresh flag values (fast start-up checks);
+    returns the job's exit status (exceptions mapped as by its console entry point)."""
     from absl import flags
     from tools import train as job
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["fundus-train", *argv])
     try:
-        return job.main(["fundus-train"])
+        return job.run.call(["fundus-train"])
     finally:
         flags.FLAGS.unparse_flags()
 
@@ -71,8 +72,9 @@ def test_data_without_manifest_and_foreign_weights(tmp_path, tiny_data, capsys):
 def test_unknown_backbone_is_refused_by_the_job(tiny_data, tmp_path):
     proc = _job([f"--data={tiny_data}", f"--model_dir={tmp_path / 'm'}", "--backbone=vgg16"],
                 timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "--backbone" in proc.stderr and "mobilenet_v2" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()
 
 

@@ -160,7 +160,6 @@ def test_check_space_validates_every_corner(tiny_data):
 
 def test_summary_rows_sorted_by_val_auc_failed_last():
     import keras_tuner as kt
-    from tuning import search
 
     def trial(tid, status, auc, lr):
         hp = kt.HyperParameters()

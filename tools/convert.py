@@ -3,9 +3,10 @@
     fundus-convert --annotations=ODIR/full_df.csv --images=ODIR/preprocessed_images \\
         --output=data/odir512
 
-Exit status: 0 when converted or up to date; 1 when nothing was converted, or with
-``--strict`` when any input was skipped (the output is still written and lists why);
-2 for bad flags, unreadable annotations or a refused output directory.
+Exit status: 0 when converted or up to date; 2 for bad flags, unreadable annotations or
+a refused output directory (the message names the flag or file and the fix); 1 when
+nothing was converted, or with ``--strict`` when any input was skipped (the output is
+still written and lists why), or for a failure during the conversion.
 ``--bench_bound`` also times the bare decode + crop + resize + encode of the same photos
 on all workers (before and after the conversion) and prints the ratio.
 """
@@ -14,39 +15,39 @@ from __future__ import annotations
 from tools import _common  # noqa: F401  (quiet TF logs first)
 
 import os
-import sys
 
 from absl import app, flags
 
+from pipeline import bench
+from pipeline import writer
+from pipeline.annotations import AnnotationError
+
 FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-    flags.DEFINE_list("annotations", None, "Annotation files (csv/xlsx: per-patient ODIR-5K, "
-                      "full_df.csv, OIA-ODIR workbooks) or {split}/{sex}/ folder trees, "
-                      "comma-separated; format detected per file.")
-    flags.DEFINE_list("images", [], "Image folders: one for all annotations, or one per "
-                      "annotation in the same order (a folder tree defaults to itself).")
-    flags.DEFINE_string("output", None, "Output directory (shards + manifest.json).")
-    flags.DEFINE_integer("image_size", 512, "Stored square size, pixels (>= 32).")
-    flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored crops, 1..100.")
-    flags.DEFINE_string("split", "0.7,0.15,0.15", "train,val,test patient fractions (zeros "
-                        "allowed); a split given by the source (OIA-ODIR, folder tree) wins.")
-    flags.DEFINE_integer("seed", 0, "Seed of the splits, folds and record order.")
-    flags.DEFINE_integer("folds", 0, "K >= 2: cross-validation folds over train+val "
-                         "patients; 0: none.")
-    flags.DEFINE_enum("selection", "normal", ["normal", "normal_or_quality", "all"],
-                      "Which eyes: keywords exactly 'normal fundus'; plus image-quality "
-                      "notes; or every eye (records carry normal=0/1).")
-    flags.DEFINE_list("num_shards", None, "Shards per split: N for every split or "
-                      "train,val,test; default automatic (~150 MB each, >= 8 for train).")
-    flags.DEFINE_integer("workers", None, "Processes preparing photos (default: all cores).")
-    flags.DEFINE_bool("strict", False, "Exit 1 when any input was skipped.")
-    flags.DEFINE_bool("overwrite", False, "Replace an output directory made from other "
-                      "inputs or flags (only the converter's files are deleted).")
-    flags.DEFINE_bool("progress", True, "Progress line on stderr.")
-    flags.DEFINE_bool("bench_bound", False, "Also time the bare fundus preparation of the "
-                      "same photos (the conversion's bound) and print the ratio.")
+flags.DEFINE_list("annotations", None, "Annotation files (csv/xlsx: per-patient ODIR-5K, "
+                  "full_df.csv, OIA-ODIR workbooks) or {split}/{sex}/ folder trees, "
+                  "comma-separated; format detected per file.")
+flags.DEFINE_list("images", [], "Image folders: one for all annotations, or one per "
+                  "annotation in the same order (a folder tree defaults to itself).")
+flags.DEFINE_string("output", None, "Output directory (shards + manifest.json).")
+flags.DEFINE_integer("image_size", 512, "Stored square size, pixels (>= 32).")
+flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the stored crops, 1..100.")
+flags.DEFINE_string("split", "0.7,0.15,0.15", "train,val,test patient fractions (zeros "
+                    "allowed); a split given by the source (OIA-ODIR, folder tree) wins.")
+flags.DEFINE_integer("seed", 0, "Seed of the splits, folds and record order.")
+flags.DEFINE_integer("folds", 0, "K >= 2: cross-validation folds over train+val "
+                     "patients; 0: none.")
+flags.DEFINE_enum("selection", "normal", ["normal", "normal_or_quality", "all"],
+                  "Which eyes: keywords exactly 'normal fundus'; plus image-quality "
+                  "notes; or every eye (records carry normal=0/1).")
+flags.DEFINE_list("num_shards", None, "Shards per split: N for every split or "
+                  "train,val,test; default automatic (~150 MB each, >= 8 for train).")
+flags.DEFINE_integer("workers", None, "Processes preparing photos (default: all cores).")
+flags.DEFINE_bool("strict", False, "Exit 1 when any input was skipped.")
+flags.DEFINE_bool("overwrite", False, "Replace an output directory made from other "
+                  "inputs or flags (only the converter's files are deleted).")
+flags.DEFINE_bool("progress", True, "Progress line on stderr.")
+flags.DEFINE_bool("bench_bound", False, "Also time the bare fundus preparation of the "
+                  "same photos (the conversion's bound) and print the ratio.")
 
 
 def _num_shards(values: list[str] | None):
@@ -81,84 +82,68 @@ def summary_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def job(cfg, bench_bound: bool = False, out=None, err=None) -> int:
-    """Run one conversion, print the summary; returns the exit status (see module doc)."""
-    from pipeline import writer  # noqa: PLC0415
-    from pipeline.annotations import AnnotationError  # noqa: PLC0415
-
-    out, err = out or sys.stdout, err or sys.stderr
-    workers = cfg.workers or os.cpu_count()
-    bound_before = None
-    files: list[str] = []
-    try:
-        if bench_bound:
-            files = list(writer.load_table(cfg)[0]["path"])
-            bound_before = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality,
-                                              cfg.workers)
-        result = writer.convert_with_status(cfg)
-    except (writer.ConvertError, AnnotationError, ValueError) as e:
-        print(f"fundus-convert: error: {e}", file=err)
-        return 2
+def report(cfg: writer.ConvertConfig, result: writer.Result) -> None:
+    """Print the summary table, the status line and the first skipped inputs."""
     manifest = result.manifest
-    print(summary_table(manifest), file=out)
+    print(summary_table(manifest))
     skipped = manifest["skipped"]
     images = sum(s["images"] for s in manifest["splits"].values())
     if result.status == "up to date":
-        print(f"{cfg.output}: up to date ({images} images); nothing written", file=out)
+        print(f"{cfg.output}: up to date ({images} images); nothing written")
     else:
         rate = result.processed / max(result.seconds, 1e-9)
         print(f"{cfg.output}: {result.status}: {images} images, {len(skipped)} skipped; "
               f"{result.processed} photos in {result.seconds:.1f} s = {rate:.1f} photos/s "
-              f"({workers} workers)", file=out)
-        print("  phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()),
-              file=out)
+              f"({cfg.workers or os.cpu_count()} workers)")
+        print("  phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.phases.items()))
     for s in skipped[:20]:
-        print(f"  skipped {s['file']} (patient {s['patient_id']} {s['eye']}): {s['reason']}",
-              file=out)
+        print(f"  skipped {s['file']} (patient {s['patient_id']} {s['eye']}): {s['reason']}")
     if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more (manifest.json lists all)", file=out)
-    if bound_before is not None and result.processed:
-        after = writer.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
-        bound = (bound_before["images_per_s"] + after["images_per_s"]) / 2
-        rate = result.processed / max(result.seconds, 1e-9)
-        print(f"bound: prepare_file alone on {workers} workers: "
-              f"{bound_before['images_per_s']:.1f} photos/s before, "
-              f"{after['images_per_s']:.1f} after, mean {bound:.1f}; "
-              f"conversion {rate:.1f} photos/s = {rate / bound:.2f} of the bound", file=out)
-    if images == 0:
-        print("fundus-convert: nothing was converted", file=err)
-        return 1
-    if cfg.strict and skipped:
-        print(f"fundus-convert: --strict: {len(skipped)} input(s) skipped", file=err)
-        return 1
-    return 0
+        print(f"  ... and {len(skipped) - 20} more (manifest.json lists all)")
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from pipeline import writer  # noqa: PLC0415
-
     if not FLAGS.annotations:
-        raise app.UsageError("--annotations is required")
+        raise app.UsageError("--annotations is required: annotation files or folder trees")
     if not FLAGS.output:
-        raise app.UsageError("--output is required")
-    cfg = writer.ConvertConfig(
-        annotations=FLAGS.annotations, images=FLAGS.images, output=FLAGS.output,
-        image_size=FLAGS.image_size, jpeg_quality=FLAGS.jpeg_quality, split=FLAGS.split,
-        seed=FLAGS.seed, folds=FLAGS.folds, selection=FLAGS.selection,
-        num_shards=_num_shards(FLAGS.num_shards), workers=FLAGS.workers,
-        strict=FLAGS.strict, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
-    return job(cfg, FLAGS.bench_bound)
+        raise app.UsageError("--output is required: the output directory")
+    files: list[str] = []
+    with _common.checking_inputs():
+        cfg = writer.ConvertConfig(
+            annotations=FLAGS.annotations, images=FLAGS.images, output=FLAGS.output,
+            image_size=FLAGS.image_size, jpeg_quality=FLAGS.jpeg_quality, split=FLAGS.split,
+            seed=FLAGS.seed, folds=FLAGS.folds, selection=FLAGS.selection,
+            num_shards=_num_shards(FLAGS.num_shards), workers=FLAGS.workers,
+            strict=FLAGS.strict, overwrite=FLAGS.overwrite, progress=FLAGS.progress)
+        if FLAGS.bench_bound:
+            files = list(writer.load_table(cfg)[0]["path"])
+    bound_before = None
+    if FLAGS.bench_bound:
+        bound_before = bench.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
+    # ConvertError / AnnotationError (bad flags, annotations, a refused output dir): exit 2
+    result = writer.convert_with_status(cfg)
+    report(cfg, result)
+    if bound_before is not None and result.processed:
+        after = bench.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
+        bound = (bound_before["images_per_s"] + after["images_per_s"]) / 2
+        rate = result.processed / max(result.seconds, 1e-9)
+        print(f"bound: prepare_file alone on {cfg.workers or os.cpu_count()} workers: "
+              f"{bound_before['images_per_s']:.1f} photos/s before, "
+              f"{after['images_per_s']:.1f} after, mean {bound:.1f}; "
+              f"conversion {rate:.1f} photos/s = {rate / bound:.2f} of the bound")
+    if sum(s["images"] for s in result.manifest["splits"].values()) == 0:
+        raise _common.RunError("nothing was converted (no eye selected, or every photo "
+                               "skipped: manifest.json lists why)")
+    skipped = result.manifest["skipped"]
+    if cfg.strict and skipped:
+        raise _common.RunError(f"--strict: {len(skipped)} input(s) skipped "
+                               "(manifest.json lists why)")
+    return 0
 
 
-def run() -> None:
-    """Console-script entry point. Flags are defined here, not at import, so importing
-    this module (tests, other jobs) never collides with other jobs' flags."""
-    if "bench_bound" not in FLAGS:
-        _define_flags()
-    _common.entry(main)()
-
+run = _common.entry(main, input_errors=(writer.ConvertError, AnnotationError))
 
 if __name__ == "__main__":
     run()

@@ -3,7 +3,7 @@
     fundus-demo --workdir=/tmp/fundus-demo
 
 1. ``DIR/synth``: synthetic camera-style photos + ODIR-5K annotations with a planted sex
-   signal (:func:`tools.synth.make_synthetic`);
+   signal (:func:`pipeline.synthetic.make_synthetic`);
 2. ``DIR/data``: converted TFRecords + manifest (:func:`pipeline.writer.convert`);
 3. ``DIR/model``: a ``fundus-train`` model dir (the small ``tiny`` backbone from random
    weights, a few epochs; :func:`model.training.train`), with TensorBoard logs in
@@ -12,7 +12,10 @@
 
 Prints the validation AUC (must exceed 0.9 on this planted signal), the test AUC with its
 patient-bootstrap interval, and the TensorBoard command. ``--workdir`` defaults to a new
-temporary folder. Exit status 0 on success, 1 when the validation AUC is not above 0.9.
+temporary folder.
+
+Exit status: 0 on success; 2 bad flags (e.g. ``--workdir`` is a file; the message names
+the flag and the fix); 1 when the validation AUC is not above 0.9, or a step failed.
 """
 from __future__ import annotations
 
@@ -20,11 +23,14 @@ from tools import _common  # noqa: F401  (quiet TF logs first)
 
 import dataclasses
 import os
-import sys
 import tempfile
 import time
 
 from absl import app, flags
+
+from model import augment, evaluation, training
+from model import train_config as train_config_lib
+from pipeline import synthetic, writer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output folder (default: a new temporary folder).")
@@ -60,10 +66,7 @@ def train_config(cfg: DemoConfig, data: str, model_dir: str):
     """The ``fundus-train`` settings of the demo: the small ``tiny`` backbone trained
     from random weights in one stage (no frozen warmup: there is nothing pretrained to
     protect), Adam with warmup + cosine, mild augmentation."""
-    from model import training  # noqa: PLC0415
-    from pipeline import augment  # noqa: PLC0415
-
-    return training.TrainConfig(
+    return train_config_lib.TrainConfig(
         data=data, model_dir=model_dir, backbone="tiny", weights="none",
         image_size=cfg.image_size, batch_size=16, epochs=cfg.epochs, warmup_epochs=0,
         fine_tune_fraction=1.0, optimizer="adam", learning_rate=3e-3,
@@ -77,21 +80,16 @@ def train_config(cfg: DemoConfig, data: str, model_dir: str):
 
 def run_demo(cfg: DemoConfig) -> dict:
     """Synthesise, convert, train, evaluate; returns a summary dict (AUCs, paths, times)."""
-    from model import evaluation  # noqa: PLC0415
-    from model import training  # noqa: PLC0415
-    from pipeline import writer  # noqa: PLC0415
-    from tools import synth  # noqa: PLC0415
-
     d = os.path.abspath(cfg.workdir)
     paths = {k: os.path.join(d, k) for k in ("synth", "data", "model", "eval")}
     times: dict[str, float] = {}
 
     t = time.time()
-    made = synth.make_synthetic(paths["synth"], n_patients=cfg.patients,
-                                formats=("per_patient_csv",), signal=1.0, seed=cfg.seed,
-                                size_range=cfg.photo_size,
-                                normal_fraction=cfg.normal_fraction, workers=cfg.workers,
-                                overwrite=True)
+    made = synthetic.make_synthetic(paths["synth"], n_patients=cfg.patients,
+                                    formats=("per_patient_csv",), signal=1.0, seed=cfg.seed,
+                                    size_range=cfg.photo_size,
+                                    normal_fraction=cfg.normal_fraction,
+                                    workers=cfg.workers, overwrite=True)
     times["synth"] = time.time() - t
     _say(f"1/4 synthetic data: {cfg.patients} patients in {paths['synth']} "
          f"({times['synth']:.0f} s)")
@@ -136,6 +134,9 @@ def _ci(ci) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.workdir and os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+        raise _common.InputError(f"--workdir={FLAGS.workdir}: exists and is not a folder; "
+                                 "give a folder (created when absent)")
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="fundus-demo-")
     cfg = DemoConfig(workdir=workdir, patients=FLAGS.patients, image_size=FLAGS.image_size,
                      epochs=FLAGS.epochs, seed=FLAGS.seed, workers=FLAGS.workers,
@@ -151,10 +152,13 @@ def main(argv: list[str]) -> int:
     print(f"outputs: {out['workdir']}/{{synth,data,model,eval}}  "
           f"({time.time() - t0:.0f} s in all)")
     print(f"TensorBoard: tensorboard --logdir {out['tensorboard']}", flush=True)
-    return 0 if ok else 1
+    if not ok:
+        raise _common.RunError(f"validation AUC {out['val_auc']:.3f} is not above "
+                               f"{AUC_TARGET}: the chain did not learn the planted signal")
+    return 0
 
 
 run = _common.entry(main)
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

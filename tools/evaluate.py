@@ -12,12 +12,20 @@ dir (``fold_*/`` of ``fundus-train --cv``, or a dir of model dirs), or a comma l
 these (one ensemble: probabilities averaged). Writes ``metrics.json``, ``predictions.csv``,
 ``roc.png``, ``reliability.png`` and ``tensorboard/`` under ``--output``
 (see :mod:`model.evaluation`).
+
+Exit status: 0 evaluated; 2 bad flags or inputs (a --model that cannot be loaded, no
+manifest in --data, an empty --split; the message names the flag and the fix); 1 a
+failure during the evaluation.
 """
 from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs before TF is imported)
 
-from absl import flags, logging
+from absl import app, flags, logging
+
+from model import evaluation
+from model import io as model_io
+from pipeline import manifest as manifest_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Converted data dir (fundus-convert output).")
@@ -60,16 +68,18 @@ def _summary(m: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    del argv
-    from model import evaluation  # noqa: PLC0415
-
-    try:
-        metrics = evaluation.evaluate(FLAGS.model, FLAGS.data, FLAGS.split, FLAGS.output,
-                                      tta=FLAGS.tta, batch_size=FLAGS.batch_size,
-                                      bootstrap=FLAGS.bootstrap, seed=FLAGS.seed)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        logging.error("fundus-evaluate: %s", e)
-        return 1
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    with _common.checking_inputs():
+        members = model_io.load_models(FLAGS.model)
+        man = manifest_lib.load(FLAGS.data)
+        if FLAGS.split != evaluation.OOF and manifest_lib.split_size(man, FLAGS.split) == 0:
+            raise ValueError(f"--split={FLAGS.split}: {FLAGS.data} has no records in split "
+                             f"{FLAGS.split!r} (splits: {sorted(man['splits'])}, or "
+                             f"{evaluation.OOF})")
+    metrics = evaluation.evaluate(None, FLAGS.data, FLAGS.split, FLAGS.output, tta=FLAGS.tta,
+                                  batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap,
+                                  seed=FLAGS.seed, members=members)
     logging.info("wrote %s", FLAGS.output)
     print(_summary(metrics))
     return 0

@@ -5,14 +5,22 @@
 Check images come from ``--data``'s ``--check_split`` (default test; random pixels when no
 ``--data``, said so in export.json); the int8 representative set from its train split.
 Writes ``saved_model/``, ``model_<kind>.tflite`` and ``export.json`` (see
-:mod:`model.export`). Exits 1 when SavedModel or TFLite float32 differ from Keras by more
-than 1e-4.
+:mod:`model.export`).
+
+Exit status: 0 exported and checked; 2 bad flags or inputs (a --model that cannot be
+loaded, an unknown --tflite kind, int8 without --data, an unreadable --data split; the
+message names the flag and the fix); 1 when SavedModel or TFLite float32 differ from
+Keras by more than 1e-4, or an export failed.
 """
 from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs before TF is imported)
 
-from absl import flags, logging
+import numpy as np
+from absl import app, flags, logging
+
+from model import export as export_lib
+from model import io as model_io
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", None, "Model dir, .keras file, or ensemble dir / comma list "
@@ -29,15 +37,22 @@ flags.mark_flags_as_required(["model", "output"])
 
 
 def main(argv: list[str]) -> int:
-    del argv
-    import numpy as np  # noqa: PLC0415
-
-    from model import export as export_lib  # noqa: PLC0415
-    from model import io as model_io  # noqa: PLC0415
-
-    try:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    with _common.checking_inputs():
+        unknown = [k for k in FLAGS.tflite if k not in export_lib.TFLITE_KINDS]
+        if unknown:
+            raise ValueError(f"--tflite: unknown kind(s) {', '.join(unknown)}; use "
+                             f"{', '.join(export_lib.TFLITE_KINDS)}")
+        if "int8" in FLAGS.tflite and not FLAGS.data:
+            raise ValueError("--tflite=int8 needs a representative set from the train "
+                             "split: pass --data")
         members = model_io.load_models(FLAGS.model)
-        size = members[0].image_size
+        sizes = model_io.image_sizes(members)
+        if len(sizes) > 1:
+            raise ValueError(f"--model: an exported ensemble needs one input size, members "
+                             f"have {sizes}; export members separately")
+        size = sizes[0]
         representative = None
         if FLAGS.data:
             images = export_lib.split_images(FLAGS.data, FLAGS.check_split, size,
@@ -51,19 +66,15 @@ def main(argv: list[str]) -> int:
             images = rng.integers(0, 256, (FLAGS.check_images, size, size, 3), dtype=np.uint8)
             source = "random pixels (no --data)"
             logging.warning("no --data: checking the exports on random pixels")
-        report = export_lib.export(members, FLAGS.output, images, tflite=FLAGS.tflite,
-                                   check_source=source, representative=representative)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        logging.error("fundus-export: %s", e)
-        return 1
+    report = export_lib.export(members, FLAGS.output, images, tflite=FLAGS.tflite,
+                               check_source=source, representative=representative)
     print(f"saved_model: max |diff| {report['saved_model']['max_abs_diff']:.2e}")
     for kind, e in report["tflite"].items():
         print(f"tflite {kind:8s} {e['bytes'] / 1e6:8.2f} MB  max |diff| {e['max_abs_diff']:.2e}"
               + ("" if e.get("ok", True) else "  FAILED (> 1e-4)"))
     if not report["ok"]:
-        logging.error("fundus-export: an export disagrees with Keras beyond 1e-4; see %s/export.json",
-                      FLAGS.output)
-        return 1
+        raise _common.RunError(f"an export disagrees with Keras beyond 1e-4; see "
+                               f"{FLAGS.output}/export.json")
     return 0
 
 

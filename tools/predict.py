@@ -10,12 +10,20 @@ and JPEG quality, then the reader's decode and resize (see :mod:`model.predictio
 ``--model`` takes a model dir, a ``.keras`` file, an ensemble dir or a comma list (the
 probabilities are averaged). The CSV has ``file, probability_male, predicted_sex, error``;
 an input that cannot be read or holds no fundus gets its error and the rest go on.
+
+Exit status: 0 predicted (rows with errors included); 2 bad flags or inputs (no inputs,
+a --model that cannot be loaded, a bad --threshold; the message names the flag and the
+fix); 1 a failure during prediction.
 """
 from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs before TF is imported)
 
+import pandas as pd
 from absl import app, flags, logging
+
+from model import io as model_io
+from model import prediction
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model", None, "Model dir(s), .keras file(s) or an ensemble dir.")
@@ -38,15 +46,10 @@ flags.mark_flags_as_required(["model"])
 
 
 def main(argv: list[str]) -> int:
-    import pandas as pd  # noqa: PLC0415
-
-    from model import io as model_io  # noqa: PLC0415
-    from model import prediction  # noqa: PLC0415
-
     inputs = list(argv[1:]) + list(FLAGS.inputs)
     if not inputs:
         raise app.UsageError("no inputs: give photos, folders or globs (or --inputs)")
-    try:
+    with _common.checking_inputs():
         members = model_io.load_models(FLAGS.model)
         fmt = prediction.stored_format(members, FLAGS.data, FLAGS.stored_size,
                                        FLAGS.jpeg_quality)
@@ -58,16 +61,14 @@ def main(argv: list[str]) -> int:
             except ValueError:
                 raise ValueError(f"--threshold={FLAGS.threshold!r}: a number in [0, 1] "
                                  "or 'youden'") from None
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"--threshold={threshold}: must be in [0, 1]")
+        tta = model_io.resolve_tta(FLAGS.tta, members)
         files, problems = prediction.expand_inputs(inputs)
-        logging.info("%d photos; %d models; stored format %d px q%d from %s", len(files),
-                     len(members), fmt.image_size, fmt.jpeg_quality, fmt.source)
-        frame = prediction.predict_files(members, files, fmt, batch_size=FLAGS.batch_size,
-                                         tta=model_io.resolve_tta(FLAGS.tta, members),
-                                         threshold=threshold,
-                                         workers=FLAGS.workers)
-    except (ValueError, FileNotFoundError) as e:
-        logging.error("fundus-predict: %s", e)
-        return 1
+    logging.info("%d photos; %d models; stored format %d px q%d from %s", len(files),
+                 len(members), fmt.image_size, fmt.jpeg_quality, fmt.source)
+    frame = prediction.predict_files(members, files, fmt, batch_size=FLAGS.batch_size,
+                                     tta=tta, threshold=threshold, workers=FLAGS.workers)
     if problems:
         extra = pd.DataFrame([{"file": i, "probability_male": float("nan"),
                                "predicted_sex": "", "error": err} for i, err in problems],

@@ -18,7 +18,8 @@ Started again with the same ``--directory`` it resumes (finished trials are not 
 Results: ``DIR/summary.csv`` (printed too), ``DIR/logs`` (TensorBoard with HParams),
 ``DIR/best`` (a fundus-train model dir: ``fundus-evaluate --model=DIR/best``).
 
-Exit status: 0 done; 2 bad flags or inputs (the message names the flag and the fix).
+Exit status: 0 done; 2 bad flags or inputs, all checked before anything is written (the
+message names the flag and the fix); 1 a failure during the sweep.
 """
 from __future__ import annotations
 
@@ -26,16 +27,17 @@ from tools import _common  # noqa: F401  (quiet TF logs first)
 
 import dataclasses
 import os
-import sys
 
 from absl import app, flags
 
-from model import training
+from model import train_config
+from tuning import hypermodel as hm
+from tuning import results
 from tuning import search as search_lib
 from tuning import space as space_lib
 
 FLAGS = flags.FLAGS
-training.define_flags(FLAGS)
+train_config.define_flags(FLAGS)
 flags.DEFINE_string("directory", None, "Sweep results dir (summary.csv, logs/, best/, the "
                     "tuner's trials); started again it resumes.")
 flags.DEFINE_enum("tuner", "random", list(search_lib.TUNERS), "Search algorithm.")
@@ -50,7 +52,7 @@ flags.DEFINE_integer("executions_per_trial", 1, "Trainings per trial (objective 
                      lower_bound=1)
 flags.DEFINE_integer("keep_trials", 3, "Keep the model files of the best N finished "
                      "trials, delete the others' (0: keep all).", lower_bound=0)
-flags.DEFINE_enum("best", "copy", list(search_lib.BEST_MODES), "DIR/best from the best "
+flags.DEFINE_enum("best", "copy", list(results.BEST_MODES), "DIR/best from the best "
                   "trial: copy its checkpoint (retrains when absent), retrain it, or none.")
 flags.DEFINE_string("space", None, "JSON search-space file: name -> {choice|min,max,...} "
                     "or a bare value that fixes a training flag (see configs/).")
@@ -62,13 +64,12 @@ flags.DEFINE_integer("max_consecutive_failed_trials", 3, "Stop after this many f
                      "trials in a row.", lower_bound=1)
 
 
-def base_config(fv, space: space_lib.SearchSpace) -> training.TrainConfig:
+def base_config(fv, space: space_lib.SearchSpace) -> train_config.TrainConfig:
     """The trials' TrainConfig before searched values: the training flags, with the space
     file's fixed values for flags not given on the command line (``--range`` fixes always
     apply), ``model_dir`` = DIR/best."""
-    from tuning import hypermodel as hm  # noqa: PLC0415
-    cfg = dataclasses.replace(training.config_from_flags(fv),
-                              model_dir=os.path.join(fv.directory, search_lib.BEST_DIR))
+    cfg = dataclasses.replace(train_config.config_from_flags(fv),
+                              model_dir=os.path.join(fv.directory, results.BEST_DIR))
     fixed = {}
     for name, value in space.fixed.items():
         given = name in fv and fv[name].present
@@ -91,8 +92,7 @@ def sweep_config(fv) -> search_lib.SweepConfig:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from tuning import hypermodel as hm  # noqa: PLC0415
-    try:  # every bad flag or input fails here, before anything is written
+    with _common.checking_inputs():  # every bad flag or input fails here, before writing
         if not FLAGS.directory:
             raise ValueError("--directory is required: where the sweep's results go")
         if not FLAGS.data:
@@ -107,9 +107,6 @@ def main(argv: list[str]) -> int:
         base.validate()
         hm.check_space(base, space)
         search_lib.role()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"fundus-tune: error: {e}", file=sys.stderr, flush=True)
-        return 2
     search_lib.run_sweep(sweep, base, space)
     return 0
 

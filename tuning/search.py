@@ -53,7 +53,7 @@ from model import distribute, rundir
 from model.train_config import TrainConfig
 from tuning import hypermodel as hm
 from tuning import results
-from tuning.results import BEST_DIR, BEST_MODES, LOGS, SUMMARY_CSV
+from tuning.results import BEST_DIR, BEST_MODES, LOGS, SUMMARY_CSV  # DIR's layout
 from tuning import space as space_lib
 
 TUNERS = ("random", "bayesian", "hyperband")
