@@ -5,11 +5,8 @@ Flow of :func:`convert`:
 1. read the annotation sources (:func:`pipeline.annotations.read_many`), select eyes
    (:func:`pipeline.selection.select`), assign patient-disjoint splits and folds
    (:mod:`pipeline.splits`; a split given by the source wins);
-2. plan the shards: per split, the eyes sorted by patient and eye, shuffled per sex by
-   ``seed``, then dealt round-robin, males first and females continuing from the same
-   cursor, so every shard holds both sexes (when the split has at least as many eyes of
-   each sex as shards) and shard sizes differ by at most one; inside a shard the two sexes
-   are interleaved in proportion. Names ``{split}-{i:05d}-of-{n:05d}.tfrecord``;
+2. plan the shards (:func:`pipeline.sharding.plan`: both sexes in every shard, sizes
+   within one, ``{split}-{i:05d}-of-{n:05d}.tfrecord``);
 3. fingerprint the inputs (sha256 of every annotation file and every photo, plus the
    flags that shape the output and the Pillow/libjpeg versions) and compare it with what
    the output directory holds: a finished conversion of the same inputs is "up to date"
@@ -31,35 +28,29 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import re
-import sys
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import PIL
+import tensorflow as tf
 from PIL import features
 
 from pipeline import annotations as annotations_lib
 from pipeline import fileio
 from pipeline import fundus
 from pipeline import manifest as manifest_lib
+from pipeline import progress as progress_lib
+from pipeline import schema
 from pipeline import selection as selection_lib
+from pipeline import sharding
 from pipeline import splits as splits_lib
 
 FORMAT_VERSION = 1
 PROGRESS_NAME = ".fundus-convert-progress.json"
-#: The converter's files: shards, and their temporaries (``NAME.tmp<pid>``, or ``NAME.tmp``
-#: of older versions).
-SHARD_RE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.tmp\d*)?$")
-#: Aim for shards of about this many bytes (estimated, see :func:`estimate_image_bytes`).
-TARGET_SHARD_BYTES = 150 * 1024 * 1024
-#: Smallest number of train shards (fewer only when there are fewer eyes of a sex).
-MIN_TRAIN_SHARDS = 8
 #: Smallest output size, pixels.
 MIN_IMAGE_SIZE = 32
 
@@ -121,105 +112,14 @@ class Result:
     """What :func:`convert_with_status` did: ``status`` is ``"converted"``, ``"resumed"``
     or ``"up to date"``; ``seconds`` wall time; ``processed`` photos prepared this run;
     ``phases``: wall seconds of ``read`` (annotations, selection, splits, plan),
-    ``fingerprint`` (hashing the inputs), ``prepare+write`` (photos and shards, including
-    the TensorFlow import that overlaps the first photos) and ``manifest``."""
+    ``fingerprint`` (hashing the inputs), ``prepare+write`` (photos and shards) and
+    ``manifest``."""
 
     manifest: dict[str, Any]
     status: str
     seconds: float
     processed: int
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- planning
-
-def _natural_key(pid: str) -> tuple:
-    return (0, int(pid), "") if pid.isdigit() else (1, 0, pid)
-
-
-def estimate_image_bytes(image_size: int, jpeg_quality: int) -> int:
-    """Rough JPEG size of one stored fundus (bytes): 0.12 B/px at quality <= 75 rising to
-    0.35 B/px at 100 (odir5k-dev at 512 px, quality 95: 61 kB measured, 0.23 B/px;
-    the estimate is kept on the high side so shards stay under ~200 MB)."""
-    bpp = 0.12 + 0.23 * max(0.0, min(1.0, (jpeg_quality - 75) / 25.0)) ** 2
-    return int(image_size * image_size * bpp) + 600  # + the record's other features
-
-
-def auto_num_shards(split: str, n: int, n_male: int, n_female: int, image_size: int,
-                    jpeg_quality: int) -> int:
-    """Shards for a split of ``n`` eyes: ~:data:`TARGET_SHARD_BYTES` each, at least
-    :data:`MIN_TRAIN_SHARDS` for train and 1 otherwise, capped so each shard can hold
-    both sexes (at most the count of the rarer sex when both are present)."""
-    if n == 0:
-        return 0
-    want = math.ceil(n * estimate_image_bytes(image_size, jpeg_quality) / TARGET_SHARD_BYTES)
-    want = max(want, MIN_TRAIN_SHARDS if split == "train" else 1)
-    cap = min(n_male, n_female) if n_male and n_female else n
-    return max(1, min(want, cap))
-
-
-def shard_name(split: str, i: int, n: int) -> str:
-    return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
-
-
-def _interleave(males: list, females: list) -> list:
-    """Merge two lists keeping each in order, spread in proportion (males first on ties)."""
-    keyed = [((i + 0.5) / len(males), 0, i, v) for i, v in enumerate(males)]
-    keyed += [((i + 0.5) / len(females), 1, i, v) for i, v in enumerate(females)]
-    return [v for *_, v in sorted(keyed, key=lambda t: t[:3])]
-
-
-def deal_shards(table: pd.DataFrame, n_shards: int, seed: int, salt: int) -> list[list]:
-    """Index labels of ``table`` (one split) dealt into ``n_shards`` lists (see module)."""
-    if n_shards == 0:
-        return []
-    order = sorted(table.index, key=lambda i: (_natural_key(table.at[i, "patient_id"]),
-                                               table.at[i, "eye"]))
-    rng = np.random.default_rng([seed, salt])
-    groups = {}
-    for sex in ("male", "female"):
-        members = [i for i in order if table.at[i, "sex"] == sex]
-        groups[sex] = [members[j] for j in rng.permutation(len(members))]
-    per_shard: list[dict[str, list]] = [{"male": [], "female": []} for _ in range(n_shards)]
-    cursor = 0
-    for sex in ("male", "female"):
-        for i in groups[sex]:
-            per_shard[cursor % n_shards][sex].append(i)
-            cursor += 1
-    return [_interleave(s["male"], s["female"]) for s in per_shard]
-
-
-def _num_shards_for(cfg: ConvertConfig, split_index: int) -> int | None:
-    if cfg.num_shards is None:
-        return None
-    if isinstance(cfg.num_shards, int):
-        return cfg.num_shards
-    return int(list(cfg.num_shards)[split_index])
-
-
-@dataclasses.dataclass
-class Shard:
-    split: str
-    name: str
-    rows: list  # index labels of the eye table
-
-
-def plan(table: pd.DataFrame, cfg: ConvertConfig) -> dict[str, list[Shard]]:
-    """Shards of every split (an empty list for an empty split)."""
-    out: dict[str, list[Shard]] = {}
-    for k, split in enumerate(manifest_lib.SPLITS):
-        part = table[table["split"] == split]
-        n_male = int((part["sex"] == "male").sum())
-        n_female = int((part["sex"] == "female").sum())
-        n = _num_shards_for(cfg, k)
-        if n is None:
-            n = auto_num_shards(split, len(part), n_male, n_female, cfg.image_size,
-                                cfg.jpeg_quality)
-        else:
-            n = max(1, min(n, len(part))) if len(part) else 0
-        dealt = deal_shards(part, n, cfg.seed, k)
-        out[split] = [Shard(split, shard_name(split, i, n), rows) for i, rows in enumerate(dealt)]
-    return out
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -308,7 +208,7 @@ _DOC_RE = re.compile("^(%s|%s)(\\.tmp\\d*)?$" % (re.escape(manifest_lib.MANIFEST
 def _ours(name: str) -> bool:
     """A file this converter writes: a shard, the manifest, the progress file, or a
     temporary of one of them."""
-    return bool(SHARD_RE.match(name) or _DOC_RE.match(name))
+    return bool(sharding.SHARD_RE.match(name) or _DOC_RE.match(name))
 
 
 def _clear(output: str) -> None:
@@ -328,45 +228,6 @@ def _up_to_date(output: str, manifest: dict, fp: str) -> bool:
         return False
     return all(_shard_ok(output, s) for split in manifest["splits"].values()
                for s in split["shards"])
-
-
-# ---------------------------------------------------------------------------- progress
-
-class _Progress:
-    """A one-line progress report on stderr, refreshed about once a second (on a terminal;
-    a new line every 10 s otherwise)."""
-
-    def __init__(self, total: int, enabled: bool, stream=None):
-        self.total, self.enabled = total, enabled and total > 0
-        self.stream = stream or sys.stderr
-        self.tty = getattr(self.stream, "isatty", lambda: False)()
-        self.start = self.last = time.monotonic()
-        self.first = True
-        self.done = self.skipped = 0
-
-    def update(self, done: int, skipped: int, force: bool = False) -> None:
-        self.done, self.skipped = done, skipped
-        now = time.monotonic()
-        if self.first:  # the first result may wait for the TensorFlow import: no line yet
-            self.first, self.last = False, now
-        if not self.enabled or (not force and now - self.last < (1.0 if self.tty else 10.0)):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        width = 30
-        filled = int(width * done / self.total)
-        line = (f"fundus-convert [{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} "
-                f"photos, {rate:.1f}/s, {skipped} skipped, eta {eta:.0f}s")
-        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.update(self.done, self.skipped, force=True)
-            if self.tty:
-                self.stream.write("\n")
-                self.stream.flush()
 
 
 # ---------------------------------------------------------------------------- running
@@ -393,9 +254,7 @@ def chunksize(n: int, workers: int) -> int:
 _after_shard: Callable[[str], None] = lambda name: None  # noqa: E731
 
 
-def _eye_record(row: pd.Series, jpeg: bytes, size: int):
-    # schema imports TensorFlow: imported in the parent only, after the fork of the pool
-    from pipeline import schema  # noqa: PLC0415
+def _eye_record(row: pd.Series, jpeg: bytes, size: int) -> schema.EyeRecord:
     return schema.EyeRecord(
         jpeg=jpeg, size=size, filename=str(row["filename"]),
         patient_id=str(row["patient_id"]), age=int(row["age"]),
@@ -455,7 +314,7 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
         if isinstance(e, annotations_lib.AnnotationError):
             raise
         raise ConvertError(str(e)) from e
-    shards = plan(kept, cfg)
+    shards = sharding.plan(kept, cfg.seed, cfg.num_shards, cfg.image_size, cfg.jpeg_quality)
     phases = {"read": time.monotonic() - t0}
     order = [sh for split in manifest_lib.SPLITS for sh in shards[split]]
     flags = output_flags(cfg, fractions)
@@ -483,14 +342,11 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
         todo = [sh for sh in order if sh.name not in completed]
         tasks = [(kept.at[i, "path"], cfg.image_size, cfg.jpeg_quality)
                  for sh in todo for i in sh.rows]
-        bar = _Progress(len(tasks), cfg.progress)
+        bar = progress_lib.Progress("fundus-convert", "photos", len(tasks), cfg.progress)
         results = _imap(pool, _prepare_task, tasks, chunksize(len(tasks), workers))
         n_done = n_skip = 0
-        # TensorFlow only after the pool's fork (its workers stay TF-free)
-        import tensorflow as tf  # noqa: PLC0415
-        from pipeline import schema  # noqa: PLC0415
 
-        def write_shard(sh: Shard, written: list, skipped: list, tmp: str) -> None:
+        def write_shard(sh: sharding.Shard, written: list, skipped: list, tmp: str) -> None:
             nonlocal n_done, n_skip
             with tf.io.TFRecordWriter(tmp) as w:
                 for i in sh.rows:
@@ -503,7 +359,7 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
                         w.write(schema.encode_example(
                             _eye_record(kept.loc[i], jpeg, cfg.image_size)))
                         written.append(i)
-                    bar.update(n_done, n_skip)
+                    bar.update(n_done, skipped=n_skip)
 
         for sh in todo:
             final = os.path.join(cfg.output, sh.name)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline import annotations as A
 from pipeline import selection as S
-from pipeline import synthetic
+from pipeline import synthetic, synthetic_render
 
 SIZE = (200, 300)
 
@@ -97,9 +97,9 @@ def test_byte_identical_for_same_args_and_different_for_other_seed(tmp_path, dat
 
 def test_signal_is_the_only_sex_difference():
     args = (260, 195, "left", "normal fundus")
-    female = synthetic.render_fundus(args[0], args[1], False, args[2], args[3], 1.0, 7)
-    male0 = synthetic.render_fundus(args[0], args[1], True, args[2], args[3], 0.0, 7)
-    male1 = synthetic.render_fundus(args[0], args[1], True, args[2], args[3], 1.0, 7)
+    female = synthetic_render.render_fundus(args[0], args[1], False, args[2], args[3], 1.0, 7)
+    male0 = synthetic_render.render_fundus(args[0], args[1], True, args[2], args[3], 0.0, 7)
+    male1 = synthetic_render.render_fundus(args[0], args[1], True, args[2], args[3], 1.0, 7)
     assert np.array_equal(female, male0)  # signal 0: sex leaves no trace
     assert not np.array_equal(female, male1)
     # the male disc is brighter: the brightest patch gains

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipeline import manifest as manifest_lib
-from pipeline import bench, schema, writer
+from pipeline import bench, schema, sharding, writer
 from pipeline.synthetic import make_synthetic
 
 SIZE = 64
@@ -289,28 +289,28 @@ def test_bad_flags_are_clear(synth, tmp_path):
 
 def test_auto_num_shards():
     big = 100_000
-    n = writer.auto_num_shards("train", big, big // 2, big // 2, 512, 95)
-    per = big * writer.estimate_image_bytes(512, 95) / n
+    n = sharding.auto_num_shards("train", big, big // 2, big // 2, 512, 95)
+    per = big * sharding.estimate_image_bytes(512, 95) / n
     assert 100e6 <= per <= 200e6
-    assert writer.auto_num_shards("train", 100, 50, 50, 512, 95) == 8
-    assert writer.auto_num_shards("val", 100, 50, 50, 512, 95) == 1
-    assert writer.auto_num_shards("train", 10, 7, 3, 512, 95) == 3  # rarer sex caps it
-    assert writer.auto_num_shards("train", 5, 5, 0, 512, 95) == 5
-    assert writer.auto_num_shards("test", 0, 0, 0, 512, 95) == 0
+    assert sharding.auto_num_shards("train", 100, 50, 50, 512, 95) == 8
+    assert sharding.auto_num_shards("val", 100, 50, 50, 512, 95) == 1
+    assert sharding.auto_num_shards("train", 10, 7, 3, 512, 95) == 3  # rarer sex caps it
+    assert sharding.auto_num_shards("train", 5, 5, 0, 512, 95) == 5
+    assert sharding.auto_num_shards("test", 0, 0, 0, 512, 95) == 0
 
 
 def test_deal_shards_spreads_sexes_and_sizes():
     table = pd.DataFrame({"patient_id": [str(i // 2) for i in range(40)],
                           "eye": ["left", "right"] * 20,
                           "sex": ["male"] * 26 + ["female"] * 14})
-    dealt = writer.deal_shards(table, 8, seed=0, salt=0)
+    dealt = sharding.deal_shards(table, 8, seed=0, salt=0)
     assert sorted(i for s in dealt for i in s) == list(range(40))
     assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
     for s in dealt:
         assert {table.at[i, "sex"] for i in s} == {"male", "female"}
     # row order does not matter, only the (patient, eye, sex) content and the seed
-    assert dealt == writer.deal_shards(table.sample(frac=1, random_state=1), 8, 0, 0)
-    assert dealt != writer.deal_shards(table, 8, seed=1, salt=0)
+    assert dealt == sharding.deal_shards(table.sample(frac=1, random_state=1), 8, 0, 0)
+    assert dealt != sharding.deal_shards(table, 8, seed=1, salt=0)
 
 
 def test_bench_bound_counts_every_file(synth):
