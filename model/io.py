@@ -146,7 +146,8 @@ def load_model(keras_file: str) -> Member:
     try:
         model = keras.saving.load_model(keras_file, compile=False)
     except Exception as e:  # keras raises many types; name the file
-        raise ValueError(f"{keras_file}: cannot load the Keras model ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{keras_file}: cannot load the Keras model "
+                         f"({type(e).__name__}: {e})") from e
     model = sex_model(model)
     info["path"] = keras_file
     info["image_size"] = rundir.image_size(info) or _input_size(model)
@@ -199,7 +200,8 @@ def make_predict_fn(model, tta: str = "none"):
     return fn
 
 
-def predict_arrays(model, images: np.ndarray, batch_size: int = 32, tta: str = "none") -> np.ndarray:
+def predict_arrays(model, images: np.ndarray, batch_size: int = 32,
+                   tta: str = "none") -> np.ndarray:
     """Probabilities float32 ``[N]`` of one model on uint8 ``[N, H, W, 3]`` images."""
     fn = make_predict_fn(model, tta)
     out = [fn(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]

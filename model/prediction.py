@@ -37,7 +37,7 @@ from pipeline import manifest as manifest_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 DEFAULT_STORED_SIZE = 512
-DEFAULT_JPEG_QUALITY = 95
+DEFAULT_JPEG_QUALITY = manifest_lib.DEFAULT_JPEG_QUALITY
 CSV_COLUMNS = ["file", "probability_male", "predicted_sex", "error"]
 
 
@@ -52,12 +52,9 @@ class StoredFormat:
 
 def _manifest_format(data_dir: str) -> tuple[int, int] | None:
     try:
-        man = manifest_lib.load(data_dir)
+        return manifest_lib.stored_format(manifest_lib.load(data_dir))
     except (OSError, ValueError):
         return None
-    size = man.get("image_size")
-    quality = (man.get("flags") or {}).get("jpeg_quality", DEFAULT_JPEG_QUALITY)
-    return (int(size), int(quality)) if size else None
 
 
 def member_format(info: dict, data_dir: str | None = None) -> StoredFormat | None:
@@ -118,7 +115,8 @@ def expand_inputs(inputs: Iterable[str]) -> tuple[list[str], list[tuple[str, str
             found = sorted(os.path.join(root, f) for root, _, names in os.walk(item)
                            for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                problems.append((item, f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+                problems.append((item, "folder holds no image files "
+                                       f"({', '.join(IMAGE_EXTENSIONS)})"))
             files.extend(found)
         elif _has_magic(item) and not os.path.exists(item):
             found = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))

@@ -335,7 +335,7 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
             val_spec: reader.SplitSpec, image_size: int,
             train_weights: tuple[float, float] | None) -> Prepared:
     """Build (or reuse) the cache of ``train_spec`` + ``val_spec`` records and the tail
-    model and datasets. ``cfg``: a ``model.training.TrainConfig``. Checks that the cached
+    model and datasets. ``cfg``: a ``model.train_config.TrainConfig``. Checks that the cached
     rows match the reader's counts (``reader.split_stats``)."""
     check_augment(cfg.augment)
     cut = find_cut(model, cfg.fine_tune_fraction)

@@ -205,7 +205,8 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
                splits: Splits, *, run_dir: str, logs_dir: str,
                fit_model: keras.Model | None = None, initial_epoch: int = 0,
                backup_root: str | None = None, grid_images: np.ndarray | None = None,
-               extra_callbacks: Sequence = ()) -> StagesOutcome:
+               profile_batch: int = 0, extra_callbacks: Sequence = (),
+               job: str = "fundus-train") -> StagesOutcome:
     """THE two-stage loop (``fundus-train`` and tuner trials): for every stage of
     ``cfg.stages()`` from ``initial_epoch`` on (hyperband continues a trial there),
     :func:`compile_stage` and ``fit_model.fit`` (default ``model``) with
@@ -215,7 +216,8 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
 
     ``backup_root``: resumable (``BackupAndRestore`` per stage, a finished stage's weights
     kept, finished stages skipped); ``grid_images``: logged to TensorBoard at the first
-    epoch. Stops after a stage that stopped early or on a NaN loss."""
+    epoch; ``profile_batch``: TensorBoard profiler batch (0: off); ``job``: the name its
+    stage messages start with. Stops after a stage that stopped early or on a NaN loss."""
     fit_model = fit_model if fit_model is not None else model
     stages = cfg.stages()
     done = finished_stages(cfg, backup_root) if backup_root else []
@@ -229,7 +231,7 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
         cbs = callbacks_lib.stage_callbacks(
             cfg, name, first, peak, run_dir=run_dir, logs_dir=logs_dir,
             majorities=splits.majorities, target=model, keep=cfg.select,
-            profile_batch=cfg.profile_batch or 0)
+            profile_batch=profile_batch)
         if cfg.swa_epochs and (name, end) == (stages[-1][0], stages[-1][2]):
             cbs.append(callbacks_lib.WeightAverage(
                 model, end - cfg.swa_epochs, os.path.join(run_dir, rundir.BEST_MODEL),
@@ -244,7 +246,7 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
             cbs.append(callbacks_lib.ImageGrid(os.path.join(logs_dir, "images"), grid_images))
         cbs += list(extra_callbacks)
         if cfg.verbose:
-            print(f"[fundus-train] stage {name}: epochs {first + 1}..{end}, "
+            print(f"[{job}] stage {name}: epochs {first + 1}..{end}, "
                   f"{n_trainable} backbone layers trainable, peak lr {peak:g}", flush=True)
         fit_model._initial_epoch = None  # Keras keeps a restored epoch across fit calls
         with warnings.catch_warnings():
@@ -302,12 +304,14 @@ def auc_summary(pred: dict[str, np.ndarray]) -> dict[str, float]:
 def finish_run(cfg: TrainConfig, run_dir: str, splits: Splits, *, strategy, policy: str,
                outcome: StagesOutcome | None = None, resumed: bool = False,
                head_info: dict | None = None, cache_info: dict | None = None,
-               wall_seconds: float | None = None, extra: dict | None = None) -> dict:
+               started: float | None = None, extra: dict | None = None) -> dict:
     """Complete a model dir whose ``best.keras`` / ``best.json`` / ``history.csv`` exist:
     validation figures of the kept model (exact AUC per image and per patient, Youden
     threshold; ``cfg.tta``), the SavedModel export, ``history.json`` and the run record
     (``run.json`` via :func:`model.rundir.write_run_record`). ``fundus-train`` and the
-    tuner's ``best/`` both end here. ``extra``: more top-level keys (the tuner's
+    tuner's ``best/`` both end here. ``outcome``: how the stages ended (None: read off
+    ``history.csv``); ``started``: ``time.time()`` at the run's start (``wall_seconds``
+    then counts up to the record's writing); ``extra``: more top-level keys (the tuner's
     ``tuning``). Returns the record."""
     best = fileio.read_json(os.path.join(run_dir, rundir.BEST_JSON))
     monitor = cfg.metric_key("auc")
@@ -321,16 +325,18 @@ def finish_run(cfg: TrainConfig, run_dir: str, splits: Splits, *, strategy, poli
     export.export_saved_model(best_model, os.path.join(run_dir, rundir.SAVED_MODEL))
     history = rundir.read_history(os.path.join(run_dir, rundir.HISTORY_CSV))
     rundir.write_json(os.path.join(run_dir, rundir.HISTORY_JSON), history)
-    outcome = outcome or StagesOutcome(len(history) < cfg.epochs, False)
-    man = manifest_lib.load(cfg.data)
+    if outcome is None:                 # a tuner trial's files: read the outcome off them
+        nan = rundir.nan_in_history(run_dir)
+        outcome = StagesOutcome(bool(history) and history[-1]["epoch"] < cfg.epochs - 1
+                                and not nan, nan)
+    stored = manifest_lib.stored_format(manifest_lib.load(cfg.data)) or (None, None)
     train_majority, val_majority = splits.majorities
     record = {
         "flags": cfg.to_json(),
         "versions": rundir.versions(),
         "data": {"dir": os.path.abspath(cfg.data), "manifest_sha256":
                  manifest_lib.manifest_sha256(cfg.data),
-                 "stored_size": man.get("image_size"),
-                 "jpeg_quality": (man.get("flags") or {}).get("jpeg_quality"),
+                 "stored_size": stored[0], "jpeg_quality": stored[1],
                  "train": {"spec": splits.train_spec.name,
                            **dataclasses.asdict(splits.train),
                            "majority_accuracy": train_majority,
@@ -351,7 +357,7 @@ def finish_run(cfg: TrainConfig, run_dir: str, splits: Splits, *, strategy, poli
         "val": val_summary,
         "cache_frozen_prefix": cache_info,
         "head_init": head_info,
-        "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1),
+        "wall_seconds": None if started is None else round(time.time() - started, 1),
         "outputs": {"best_model": rundir.BEST_MODEL, "saved_model": rundir.SAVED_MODEL,
                     "history": [rundir.HISTORY_CSV, rundir.HISTORY_JSON],
                     "tensorboard": rundir.LOGS},
@@ -418,11 +424,12 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
         grid = _sample_images(cfg, splits.train_spec, image_size)
     outcome = run_stages(model, cfg, strategy, train_ds, val_ds, splits, run_dir=d,
                          logs_dir=logs_dir, fit_model=fit_model, backup_root=backup_root,
-                         grid_images=grid, extra_callbacks=callbacks or ())
+                         grid_images=grid, profile_batch=cfg.profile_batch or 0,
+                         extra_callbacks=callbacks or ())
     run = finish_run(cfg, d, splits, strategy=strategy, policy=policy, outcome=outcome,
                      resumed=resumed, head_info=head_info,
                      cache_info=cached.info if cached is not None else None,
-                     wall_seconds=time.time() - t0, extra=extra)
+                     started=t0, extra=extra)
     shutil.rmtree(backup_root, ignore_errors=True)
     if cfg.verbose:
         val = run["val"]

@@ -80,6 +80,17 @@ def shard_paths(data_dir: str, manifest: dict[str, Any], split: str) -> list[str
     return [os.path.join(data_dir, s["path"]) for s in manifest["splits"][split]["shards"]]
 
 
+DEFAULT_JPEG_QUALITY = 95     # fundus-convert's --jpeg_quality default
+
+
+def stored_format(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    """``(stored square size px, JPEG quality 1..100)`` of the records, None when the
+    manifest has no ``image_size`` (quality: the converter flag, else its default)."""
+    size = manifest.get("image_size")
+    quality = (manifest.get("flags") or {}).get("jpeg_quality") or DEFAULT_JPEG_QUALITY
+    return (int(size), int(quality)) if size else None
+
+
 def split_size(manifest: dict[str, Any], split: str) -> int:
     """Number of records of a split."""
     return int(sum(s["records"] for s in manifest["splits"].get(split, {}).get("shards", [])))

@@ -31,6 +31,9 @@ age is known else 0.0}``. With ``with_meta`` a last element, a dict of ``[B]`` t
 ``normal_only`` keeps eyes whose own keywords are exactly normal fundus; evaluation splits
 (``val``, ``test`` and the validation fold of :func:`training_split`) always apply it.
 
+Size: about 510 lines, kept in one module on purpose: every stage above is one tf.data
+choice with its measurement beside it, and they only make sense read in order.
+
 File cache note: TensorFlow writes ``<cache file>_0.lockfile`` while a cache is being
 written; a run killed mid-epoch leaves it, and the next run fails with a clear
 "concurrent caching iterator" error: delete the cache dir's files for that split then.

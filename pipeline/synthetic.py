@@ -247,7 +247,8 @@ def make_synthetic(out_dir: str, n_patients: int = 100, formats: Sequence[str] =
                    size_range: tuple[int, int] = (1400, 3000), normal_fraction: float = 0.6,
                    jpeg_quality: int = 92, workers: int = 1, overwrite: bool = False
                    ) -> dict:
-    """Write a synthetic ODIR-shaped data set (see the module doc); return ``{format: path(s)}`` plus
+    """Write a synthetic ODIR-shaped data set (see the module doc); return
+    ``{format: path(s)}`` plus
     ``"images"`` (the image folder) and ``"patients"`` (the list of patient dicts).
 
     Args:

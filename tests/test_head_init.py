@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from model import head_init
+from model import head_init, train_config, training
 
 
 def _data(n=300, d=6, seed=0):
@@ -52,8 +52,7 @@ def test_init_head_makes_the_model_the_probe():
 
 
 def test_train_records_the_probe(tiny_data, tmp_path):
-    from model import training
-    cfg = training.TrainConfig(
+    cfg = train_config.TrainConfig(
         data=tiny_data, model_dir=str(tmp_path / "m"), backbone="tiny", weights="none",
         image_size=32, batch_size=8, epochs=1, warmup_epochs=0, fine_tune_fraction=1.0,
         head_init="logistic", head_init_c=0.1, image_grid=0, verbose=0)
@@ -63,6 +62,6 @@ def test_train_records_the_probe(tiny_data, tmp_path):
     assert info["train_images"] == run["data"]["train"]["records"]
     assert 0.0 <= info["val_auc"] <= 1.0
     assert json.load(open(tmp_path / "m" / "run.json"))["head_init"]["c"] == 0.1
-    with pytest.raises(training.ConfigError, match="--head_init=ridge"):
-        training.train(training.TrainConfig(data=tiny_data, model_dir=str(tmp_path / "x"),
+    with pytest.raises(train_config.ConfigError, match="--head_init=ridge"):
+        training.train(train_config.TrainConfig(data=tiny_data, model_dir=str(tmp_path / "x"),
                                             head_init="ridge"))

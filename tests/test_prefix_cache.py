@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from model import augment, backbones, classifier, prefix_cache, training
+from model import augment, backbones, classifier, prefix_cache, train_config, training
 from pipeline import reader
 
 FLIP_ONLY = augment.AugmentConfig(flip=True, rotation_deg=0, zoom=0, translate=0,
@@ -57,11 +57,11 @@ def test_tail_on_cached_activations_reproduces_the_model(mnv2):
 
 
 def test_non_flip_augmentation_is_a_clear_error(tiny_fold_data, tmp_path):
-    cfg = training.TrainConfig(data=tiny_fold_data, model_dir=str(tmp_path / "m"),
+    cfg = train_config.TrainConfig(data=tiny_fold_data, model_dir=str(tmp_path / "m"),
                                backbone="mobilenet_v2", weights="none", image_size=32,
                                cache_frozen_prefix=True, fine_tune_fraction=0.2,
                                augment=augment.AugmentConfig(seed=1), verbose=0)
-    with pytest.raises(training.ConfigError, match="--augment_rotation_deg"):
+    with pytest.raises(train_config.ConfigError, match="--augment_rotation_deg"):
         training.train(cfg)
     assert not os.path.exists(tmp_path / "m")
 
@@ -126,9 +126,9 @@ def test_disk_cache_round_trip(flip, tmp_path):
 
 
 def test_prefix_cache_dir_needs_the_prefix_cache(tiny_fold_data, tmp_path):
-    cfg = training.TrainConfig(data=tiny_fold_data, model_dir=str(tmp_path / "m"),
+    cfg = train_config.TrainConfig(data=tiny_fold_data, model_dir=str(tmp_path / "m"),
                                prefix_cache_dir=str(tmp_path / "c"), verbose=0)
-    with pytest.raises(training.ConfigError, match="--prefix_cache_dir.*--cache_frozen"):
+    with pytest.raises(train_config.ConfigError, match="--prefix_cache_dir.*--cache_frozen"):
         training.train(cfg)
 
 
@@ -149,7 +149,7 @@ def test_cached_cv_run_trains_the_full_model(tiny_fold_data, tmp_path):
     probe = classifier.build_classifier(classifier.ClassifierConfig(
         backbone="mobilenet_v2", image_size=32, weights=wfile))
     frac = _fraction_from(probe, "block_13_expand")
-    cfg = training.TrainConfig(
+    cfg = train_config.TrainConfig(
         data=tiny_fold_data, model_dir=str(tmp_path / "cv"), backbone="mobilenet_v2",
         weights=wfile, image_size=32, batch_size=8, epochs=1, warmup_epochs=0,
         fine_tune_fraction=frac, learning_rate=1e-2, augment=FLIP_ONLY, image_grid=4,

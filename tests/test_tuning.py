@@ -216,7 +216,8 @@ def test_prune_keeps_best_and_running_trials(tmp_path):
         for name in search.MODEL_FILES + ("trial.json", "history.csv"):
             (d / name).write_text("x")
     removed = search.prune_trials(str(tmp_path), Oracle(), keep=2)
-    left = {t.trial_id for t in trials if (tmp_path / f"trial_{t.trial_id}" / "best.keras").exists()}
+    left = {t.trial_id for t in trials
+            if (tmp_path / f"trial_{t.trial_id}" / "best.keras").exists()}
     assert left == {"1", "3", "4"}                       # best two + the running one
     assert len(removed) == 2 * len(search.MODEL_FILES)
     assert (tmp_path / "trial_0" / "history.csv").exists()   # records stay

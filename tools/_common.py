@@ -20,8 +20,8 @@ Exit status of every job (``run = entry(main)``; see docs/design.md, "tools/"):
   where the message names the flag, file or row and the fix; no traceback;
 * 1: a failure during the run: :class:`RunError` or any other exception, one line
   ``fundus-<job>: error: <message>`` (the exception type is named unless it is a
-  ``RunError``; ``--verbosity=1`` adds the traceback); or ``main`` returned 1 (e.g.
-  fundus-export's check, fundus-convert with nothing converted).
+  ``RunError``; ``--verbosity=1`` adds the traceback; e.g. fundus-export's 1e-4 check,
+  fundus-convert with nothing converted); or ``main`` returned 1.
 """
 from __future__ import annotations
 
@@ -170,7 +170,8 @@ def entry(main: Callable[[list[str]], int | None], *,
         app.run(lambda argv: call(main, argv, input_errors=input_errors),
                 argv=sys.argv[:1] + ["--verbosity=-1"] + sys.argv[1:], flags_parser=parse)
 
-    run.call = lambda argv: call(main, argv, input_errors=input_errors)  # type: ignore[attr-defined]
+    run.call = (  # type: ignore[attr-defined]
+        lambda argv: call(main, argv, input_errors=input_errors))
     return run
 
 

@@ -1,7 +1,7 @@
 """The HyperModel: one trial = the training job's model and stages with trial values.
 
 Nothing here builds or trains a model in its own way. A trial's configuration is the
-sweep's base :class:`model.TrainConfig` (the ``fundus-train`` flags, defaults
+sweep's base :class:`model.train_config.TrainConfig` (the ``fundus-train`` flags, defaults
 and overrides) with the searched values written into it by :func:`apply_values`. Then:
 
 * :meth:`FundusHyperModel.build`: ``model.precision.set_policy`` (again every trial:
@@ -342,7 +342,7 @@ class FundusHyperModel(keras_tuner.HyperModel):
         write_trial_hparams(logdir, self.values(hp), trial_id, self.space)
         training.run_stages(model, cfg, strategy, train_ds, val_ds, splits,
                             run_dir=trial_dir, logs_dir=logdir, initial_epoch=initial_epoch,
-                            extra_callbacks=callbacks or ())
+                            extra_callbacks=callbacks or (), job=f"fundus-tune trial {trial_id}")
         _write_session_end(logdir)
         best = fileio.read_json(os.path.join(trial_dir, rundir.BEST_JSON))
         if best is None:

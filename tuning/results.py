@@ -152,17 +152,16 @@ def export_best(tuner, sweep, rows: Sequence[dict]) -> dict | None:
             training.train(dataclasses.replace(cfg, model_dir=tmp, overwrite=True),
                            extra={"tuning": {**tuning_info, "mode": "retrain"}})
         else:
-            _copy_trial(dataclasses.replace(cfg, model_dir=tmp), trial_dir,
+            _copy_trial(dataclasses.replace(cfg, model_dir=out), trial_dir, tmp,
                         {**tuning_info, "mode": "copy"})
     fileio.write_dir_atomic(out, write)
     return rundir.read_run_record(out)
 
 
-def _copy_trial(cfg, trial_dir: str, tuning_info: dict) -> dict:
-    """A fundus-train model dir in ``cfg.model_dir`` from a finished trial's files (no
-    training): its model, kept-epoch state, history and logs, then
-    ``training.finish_run``."""
-    out = cfg.model_dir
+def _copy_trial(cfg, trial_dir: str, out: str, tuning_info: dict) -> dict:
+    """A fundus-train model dir in ``out`` (the temporary place of ``cfg.model_dir``) from
+    a finished trial's files (no training): its model, kept-epoch state, history and logs,
+    then ``training.finish_run``."""
     for name in (rundir.BEST_MODEL, rundir.BEST_JSON, rundir.HISTORY_CSV):
         if os.path.exists(os.path.join(trial_dir, name)):
             shutil.copy2(os.path.join(trial_dir, name), os.path.join(out, name))

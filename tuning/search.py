@@ -40,6 +40,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
+import glob
 import json
 import os
 import shutil
@@ -47,9 +48,9 @@ import time
 
 import keras
 import keras_tuner
-from tensorflow.python.framework import ops as tf_ops
 
 from model import distribute, rundir
+from pipeline import fileio
 from model.train_config import TrainConfig
 from tuning import hypermodel as hm
 from tuning import results
@@ -191,8 +192,9 @@ def release_trial_memory() -> int:
     """
     keras.backend.clear_session()
     removed = 0
-    try:
-        registry = tf_ops._gradient_registry._registry  # TF's own private registry
+    try:  # TF's private registry: imported here so another TF layout only skips this
+        from tensorflow.python.framework import ops as tf_ops  # noqa: PLC0415
+        registry = tf_ops._gradient_registry._registry
         for key in [k for k in registry if str(k).startswith("CustomGradient-")]:
             del registry[key]
             removed += 1
@@ -223,8 +225,9 @@ class _SweepMixin:
     def _build_and_fit_model(self, trial, *args, **kwargs):
         hp = trial.hyperparameters
         model = self._try_build(hp)             # clear_session + gc, build in strategy scope
-        with open(self._get_build_config_fname(trial.trial_id), "w", encoding="utf-8") as f:
-            json.dump(model.get_build_config(), f)   # hyperband continues from it
+        # hyperband continues a later trial from this trial's model: keras-tuner reads it
+        fileio.write_json(self._get_build_config_fname(trial.trial_id),
+                          model.get_build_config())
         return self.hypermodel.fit(hp, model, *args, trial_dir=self.get_trial_dir(trial.trial_id),
                                    trial_id=trial.trial_id, **kwargs)
 
@@ -319,8 +322,10 @@ def prepare_directory(sweep: SweepConfig) -> None:
     """Create ``DIR``; with ``overwrite`` (not on a worker) remove earlier results."""
     os.makedirs(sweep.directory, exist_ok=True)
     if sweep.overwrite and role() != "worker":
-        for name in (LOGS, BEST_DIR, BEST_DIR + ".tmp"):
-            shutil.rmtree(os.path.join(sweep.directory, name), ignore_errors=True)
+        leftovers = glob.glob(os.path.join(sweep.directory, BEST_DIR + ".tmp*")) + \
+            glob.glob(os.path.join(sweep.directory, BEST_DIR + ".old*"))  # fileio's names
+        for path in [os.path.join(sweep.directory, n) for n in (LOGS, BEST_DIR)] + leftovers:
+            shutil.rmtree(path, ignore_errors=True)
         for name in (SUMMARY_CSV, EVENTS):
             path = os.path.join(sweep.directory, name)
             if os.path.exists(path):
