@@ -70,19 +70,26 @@ _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 # --------------------------------------------------------------------------- patients
-def make_patients(n_patients: int, seed: int = 0, normal_fraction: float = 0.6,
-                  size_range: tuple[int, int] = (1400, 3000)) -> list[dict]:
-    """The synthetic patients: id, sex ('Male'/'Female', 55/45), age 20..85, per-eye
-    keywords (``normal_fraction`` of eyes exactly ``normal fundus``, ~8 % a quality note
-    plus normal, the rest one or two diseases joined by ``，``), the patient's camera
-    (width in ``size_range`` pixels, aspect 4:3 or 3:2) and the OIA/tree split."""
+def _check_patients(n_patients: int, size_range: tuple[int, int],
+                    normal_fraction: float) -> None:
+    """ValueError naming the flag when the patients cannot be made."""
     if n_patients < 1:
         raise ValueError(f"--patients={n_patients}: must be at least 1")
     lo, hi = size_range
     if not 32 <= lo <= hi:
         raise ValueError(f"--min_width={lo}, --max_width={hi}: need 32 <= min <= max")
     if not 0.0 <= normal_fraction <= 1.0:
-        raise ValueError(f"normal_fraction={normal_fraction}: must be in [0, 1]")
+        raise ValueError(f"--normal_fraction={normal_fraction}: must be in [0, 1]")
+
+
+def make_patients(n_patients: int, seed: int = 0, normal_fraction: float = 0.6,
+                  size_range: tuple[int, int] = (1400, 3000)) -> list[dict]:
+    """The synthetic patients: id, sex ('Male'/'Female', 55/45), age 20..85, per-eye
+    keywords (``normal_fraction`` of eyes exactly ``normal fundus``, ~8 % a quality note
+    plus normal, the rest one or two diseases joined by ``，``), the patient's camera
+    (width in ``size_range`` pixels, aspect 4:3 or 3:2) and the OIA/tree split."""
+    _check_patients(n_patients, size_range, normal_fraction)
+    lo, hi = size_range
     rng = np.random.default_rng([seed, 0])
     ids = np.sort(rng.choice(max(2 * n_patients, 10), n_patients, replace=False))
     order = rng.permutation(n_patients)
@@ -229,13 +236,7 @@ def check_arguments(out_dir: str, n_patients: int, formats: Sequence[str], signa
                          f"{', '.join(FORMATS)}")
     if signal < 0:
         raise ValueError(f"--signal={signal}: must be >= 0")
-    if n_patients < 1:
-        raise ValueError(f"--patients={n_patients}: must be at least 1")
-    lo, hi = size_range
-    if not 32 <= lo <= hi:
-        raise ValueError(f"--min_width={lo}, --max_width={hi}: need 32 <= min <= max")
-    if not 0.0 <= normal_fraction <= 1.0:
-        raise ValueError(f"--normal_fraction={normal_fraction}: must be in [0, 1]")
+    _check_patients(n_patients, size_range, normal_fraction)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"--output={out_dir}: exists and is not a folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
