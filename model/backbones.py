@@ -235,3 +235,47 @@ class FrozenStatistics(keras.layers.Wrapper):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "frozen": self.frozen}
+
+
+# ------------------------------------------------- ImageNet weights in the Keras cache
+#: File name of each backbone's ``include_top=False`` ImageNet weights in the Keras cache
+#: (``keras.utils.get_file(name, url, cache_subdir="models")`` in ``keras.applications``,
+#: Keras 3; checked against it by ``tests/test_tune_space.py``). MobileNetV2's depends on
+#: the input size: ``{rows}`` is the size when it is one of :data:`MOBILENET_V2_ROWS`, else
+#: 224.
+IMAGENET_CACHE_FILES: dict[str, str] = {
+    "xception": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "inception_v3": "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenet_v2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+    "efficientnet_v2_s": "efficientnetv2-s_notop.h5",
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "convnext_tiny": "convnext_tiny_notop.h5",
+    "densenet121": "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "efficientnet_b0": "efficientnetb0_notop.h5",
+}
+MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
+
+
+def keras_models_dir() -> str:
+    """The folder where Keras keeps downloaded weights and looks for them first:
+    ``$KERAS_HOME/models``, else ``~/.keras/models``; ``/tmp/.keras/models`` when that
+    base folder is not writable (Keras 3's rule in ``keras.utils.get_file``)."""
+    if "KERAS_HOME" in os.environ:
+        base = os.environ["KERAS_HOME"]
+    else:
+        home = os.path.expanduser("~")
+        base = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    base = os.path.expanduser(base)
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
+    return os.path.join(base, "models")
+
+
+def imagenet_cache_file(name: str, image_size: int = 0) -> str | None:
+    """The Keras cache file name of ``name``'s no-top ImageNet weights at ``image_size``
+    px (0: the backbone's default size); None for a backbone without ImageNet weights."""
+    if name not in IMAGENET_CACHE_FILES:
+        return None
+    size = image_size or get(name).default_size
+    return IMAGENET_CACHE_FILES[name].format(
+        rows=size if size in MOBILENET_V2_ROWS else 224)

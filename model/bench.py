@@ -6,7 +6,9 @@ are :mod:`pipeline.bench`).
 camera-resolution synthetic set written and converted in a temporary folder
 (:func:`pipeline.bench.make_camera_set`) the same way, then, last (it needs the most
 memory), a training step fed by the cached pipeline against one fed a constant batch
-(:func:`measure_training`). Every figure is images/s. The epoch figures use one consumer
+(:func:`measure_training`). Every figure is images/s; cached and tensor-bound figures are
+medians of timings of at least ``min_seconds`` each, with their spread beside them
+(:mod:`pipeline.bench`), and the report prints that spread. The epoch figures use one consumer
 on the model's device (:func:`make_consumer`): it reduces each batch and, with
 augmentation on, first runs the model's augmentation block (:mod:`model.augment`, training
 mode) on it. ``augment="auto"`` includes augmentation when a GPU is present (where it runs
@@ -121,7 +123,8 @@ def measure_training(ds, image_size: int, batch_size: int, steps: int, warmup: i
 
 
 def check_arguments(*, epochs: int, size_range: tuple[int, int], train_arch: str,
-                    weights: str, precision: str, augment_mode: str) -> None:
+                    weights: str, precision: str, augment_mode: str,
+                    min_seconds: float = 2.0) -> None:
     """Raise ``ValueError`` / ``FileNotFoundError`` naming the flag for arguments that
     :func:`run_bench` cannot use (called by it first, and by the job at start-up)."""
     if epochs < 2:
@@ -136,6 +139,8 @@ def check_arguments(*, epochs: int, size_range: tuple[int, int], train_arch: str
     precision_lib.resolve_policy(precision)
     if augment_mode not in ("auto", "on", "off"):
         raise ValueError(f"--augment={augment_mode}: auto, on or off")
+    if not min_seconds >= 0:
+        raise ValueError(f"--min_seconds={min_seconds}: need >= 0 (seconds per timing)")
 
 
 def run_bench(data: str, output: str | None, *, split: str = "train", image_size: int = 384,
@@ -146,13 +151,16 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
               weights: str = "none",
               train_arch: str = "mobilenet_v2", camera_stored_size: int = 0,
               precision: str = "auto", augment: str = "auto", originals: str | None = None,
-              workdir: str | None = None) -> dict[str, Any]:
+              workdir: str | None = None, min_seconds: float = 2.0) -> dict[str, Any]:
     """Run every measurement (see the module doc); print and return the results, and
     write them as JSON to ``output`` when given. Sizes in pixels; ``cache_budget_gb`` in
     GiB; ``camera_stored_size`` 0 means ``image_size``; ``synthetic_images`` 0 skips the
-    camera set and ``train_steps`` 0 the training comparison."""
+    camera set and ``train_steps`` 0 the training comparison; ``min_seconds``: the least
+    duration of each cached / tensor-bound timing (``epochs - 1`` of each per set).
+    ``results["ratio_spreads"]`` holds the spread of the per-round cached / tensor ratios."""
     check_arguments(epochs=epochs, size_range=size_range, train_arch=train_arch,
-                    weights=weights, precision=precision, augment_mode=augment)
+                    weights=weights, precision=precision, augment_mode=augment,
+                    min_seconds=min_seconds)
     device = device_name()
     augment_on = augment == "on" or (augment == "auto" and device.startswith("/GPU"))
     policy = precision_lib.set_policy(precision)
@@ -162,6 +170,7 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
     results: dict[str, Any] = {
         "config": {"data": os.path.abspath(data), "split": split, "image_size": image_size,
                    "batch_size": batch_size, "epochs": epochs, "cold_repeats": cold_repeats,
+                   "min_seconds": min_seconds,
                    "cache_budget_gb": cache_budget_gb, "augment_in_epochs": augment_on,
                    "precision": policy, "device": device, "train_arch": train_arch,
                    "camera_stored_size": camera_stored_size or image_size,
@@ -169,11 +178,12 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
                    "tensorflow": tf.__version__, "keras": keras.__version__,
                    "python": platform.python_version(), "weights": weights,
                    "command": " ".join(sys.argv)},
-        "ratios": {}}
+        "ratios": {}, "ratio_spreads": {}}
     workdir = tempfile.mkdtemp(prefix="fundus_bench_", dir=workdir)
     try:
         figures, ds = input_bench.measure_set(data, split, read_cfg, epochs, consume,
-                                              augment_on, originals, workdir, cold_repeats)
+                                              augment_on, originals, workdir, cold_repeats,
+                                              min_seconds)
         results["data"] = figures
         print("data figures:", json.dumps(figures, sort_keys=True), flush=True)
         if synthetic_images > 0:
@@ -182,7 +192,7 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
                                                      workdir)
             cam, cam_ds = input_bench.measure_set(camera_dir, "train", read_cfg, epochs,
                                                   consume, augment_on, None, workdir,
-                                                  cold_repeats)
+                                                  cold_repeats, min_seconds)
             del cam_ds
             results["camera"] = cam
             print("camera figures:", json.dumps(cam, sort_keys=True), flush=True)
@@ -204,6 +214,10 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
     if "camera" in results:
         r["camera_cold_vs_decode_bound"] = results["camera"]["cold_vs_decode_bound"]
         r["camera_cached_vs_tensor_bound"] = results["camera"]["cached_vs_tensor_bound"]
+    for name, prefix in (("data", ""), ("camera", "camera_")):
+        if name in results:
+            results["ratio_spreads"][f"{prefix}cached_vs_tensor_bound"] = \
+                results[name]["cached_vs_tensor_bound_spread"]
     print(report(results))
     if output:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
@@ -211,8 +225,15 @@ def run_bench(data: str, output: str | None, *, split: str = "train", image_size
     return results
 
 
+def _spread_text(sp: dict[str, float], digits: int = 1, timing: str = "") -> str:
+    """``(min .. max, rel IQR 0.04, 5 x >= 2 s)`` of a :func:`pipeline.bench.spread`."""
+    return (f"({sp['min']:.{digits}f} .. {sp['max']:.{digits}f}, rel IQR "
+            f"{sp['rel_iqr']:.3f}, {sp['n']} {timing or 'rounds'})")
+
+
 def report(results: dict[str, Any]) -> str:
-    """Human-readable table of the figures (images/s) and ratios."""
+    """Human-readable table of the figures (images/s) and ratios; cached and tensor-bound
+    figures with their spread over the timings (min .. max, relative IQR)."""
     lines = [f"fundus-bench on {results['config']['device']} "
              f"({results['config']['cpu_cores']} cores), image {results['config']['image_size']}"
              f" px, batch {results['config']['batch_size']}, augmentation in epochs: "
@@ -222,11 +243,16 @@ def report(results: dict[str, Any]) -> str:
     for name in ("data", "camera"):
         if name in results:
             fig = results[name]
+            timing = f"timings x >= {fig.get('min_seconds', 0):g} s"
             lines.append(f"  {name} ({fig['images']} images):")
-            lines += [f"    {k:24s} {fig[k]:10.1f} images/s" for k in keys]
+            lines += [f"    {k:24s} {fig[k]:10.1f} images/s"
+                      + (f"  {_spread_text(fig[k + '_spread'], 1, timing)}"
+                         if k + "_spread" in fig else "") for k in keys]
     if "train" in results:
         lines += [f"  {k:26s} {results['train'][k]:10.1f} images/s"
                   for k in ("train_fed", "train_constant")]
+    spreads = results.get("ratio_spreads", {})
     for k, v in results["ratios"].items():
-        lines.append(f"  {k:26s} {'n/a' if v is None else f'{v:10.3f}'}")
+        lines.append(f"  {k:26s} {'n/a' if v is None else f'{v:10.3f}'}"
+                     + (f"  rounds {_spread_text(spreads[k], 3)}" if k in spreads else ""))
     return "\n".join(lines)

@@ -12,11 +12,26 @@ a. ``baseline``: ``keras.utils.image_dataset_from_directory`` over a class-folde
    tf.data (when augmentation is on); first and cached epoch;
 b. ``pipeline_cold`` / ``pipeline_cached``: :func:`pipeline.reader.make_dataset` in
    training mode, the median of ``cold_repeats`` freshly built datasets' first epochs and
-   of ``epochs - 1`` cached epochs;
+   of ``epochs - 1`` cached timings;
 c. ``decode_bound``: :func:`pipeline.schema.decode_image` over the stored JPEGs, already
    in memory, on a thread pool of all cores (the faster of cores and 2 x cores threads);
    ``tensor_bound``: reshuffled batches gathered from one in-memory uint8 array, through
    the same consumer.
+
+Cached figures are short: a cached epoch of 1,495 images at 160 px lasts ~0.1 s, so one
+epoch's rate is mostly noise (two runs on the same day gave cached/tensor ratios of 1.04
+and 0.50). Every cached and tensor-bound figure (``baseline_cached_epoch``,
+``pipeline_cached``, ``tensor_bound``) is therefore the median of ``epochs - 1``
+*timings*, each repeating whole passes until at least ``min_seconds`` (default 2 s) have
+elapsed and counting the images of all of them (:func:`timing`); the pipeline's cached
+timings alternate with the tensor bound's (round r: cached, then tensor), so drift of the
+machine hits both alike. Each figure has ``<figure>_timings`` (images, seconds, passes,
+rate per timing) and ``<figure>_spread`` (:func:`spread`: min, median, max, relative
+IQR). ``cached_vs_tensor_bound`` is the median of the rounds' own ratios (each round's
+cached timing over its tensor timing: drift slower than a round cancels), listed in
+``cached_vs_tensor_bound_rounds`` with their spread in ``cached_vs_tensor_bound_spread``.
+Cold figures are single first epochs of freshly built datasets (their median over
+``cold_repeats``), as before.
 
 :func:`bench_bound` is the converter's bound: :func:`pipeline.fundus.prepare_file` alone
 on a process pool. :func:`make_camera_set` writes and converts a camera-resolution
@@ -54,6 +69,42 @@ def timed_pass(batches: Iterable, consume: Callable) -> tuple[int, float]:
     if last is not None:
         float(last)                       # wait for the device
     return n, time.perf_counter() - t0
+
+
+def timing(make_pass: Callable[[int], Iterable], consume: Callable,
+           min_seconds: float) -> dict[str, float]:
+    """One timing: passes ``make_pass(0)``, ``make_pass(1)``, ... through ``consume`` (as
+    :func:`timed_pass`) until at least ``min_seconds`` have elapsed, at least one pass.
+
+    Returns ``{"images", "seconds", "passes", "rate"}``: images and seconds summed over
+    the passes, ``rate`` = images / seconds (images/s)."""
+    images, seconds, passes = 0, 0.0, 0
+    while passes == 0 or seconds < min_seconds:
+        n, t = timed_pass(make_pass(passes), consume)
+        images, seconds, passes = images + n, seconds + t, passes + 1
+    return {"images": images, "seconds": seconds, "passes": passes,
+            "rate": rate(images, seconds)}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """``{"n", "min", "median", "max", "rel_iqr"}`` of repeated figures; ``rel_iqr`` is the
+    interquartile range over the median (inclusive quartiles; 0 for one value, NaN for a
+    zero median)."""
+    vals = sorted(float(v) for v in values)
+    med = statistics.median(vals)
+    q1, _, q3 = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 \
+        else (vals[0],) * 3
+    return {"n": len(vals), "min": vals[0], "median": med, "max": vals[-1],
+            "rel_iqr": float((q3 - q1) / med) if med else float("nan")}
+
+
+def add_timings(figures: dict[str, Any], name: str, timings: list[dict]) -> None:
+    """``figures[name]`` = the median rate of ``timings``, with ``name + "_timings"`` and
+    ``name + "_spread"`` beside it."""
+    rates = [t["rate"] for t in timings]
+    figures[name] = statistics.median(rates)
+    figures[f"{name}_timings"] = timings
+    figures[f"{name}_spread"] = spread(rates)
 
 
 def rate(n: int, seconds: float) -> float:
@@ -181,37 +232,39 @@ def decode_bound(jpegs: list[bytes], image_size: int) -> dict[str, float]:
     return out
 
 
-def tensor_bound(images, batch_size: int, consume: Callable, seed: int = 0,
-                 passes: int = 1) -> list[float]:
-    """images/s of ``passes`` passes, each producing reshuffled batches from one in-memory
-    uint8 array ``[N, H, W, 3]`` (gather of a fresh random permutation) through
-    ``consume``."""
+def tensor_bound(images, batch_size: int, seed: int = 0) -> Callable[[int], Iterable]:
+    """The tensor bound's passes: ``make_pass(p)`` yields the batches of pass ``p``,
+    gathered from one in-memory uint8 array ``[N, H, W, 3]`` along a fresh random
+    permutation (seed ``seed + p``), full batches only; time them with :func:`timing`."""
     n = int(images.shape[0])
     gather = tf.function(lambda idx: tf.gather(images, idx))
     gather(tf.range(batch_size))
-    out = []
-    for p in range(passes):
+
+    def make_pass(p: int):
         perm = tf.random.shuffle(tf.range(n), seed=seed + p)
-        batches = (gather(perm[i:i + batch_size])
-                   for i in range(0, n - batch_size + 1, batch_size))
-        out.append(rate(*timed_pass(batches, consume)))
-    return out
+        return (gather(perm[i:i + batch_size])
+                for i in range(0, n - batch_size + 1, batch_size))
+    return make_pass
 
 
 def measure_set(data_dir: str, split: str, read_cfg: reader.ReadConfig, epochs: int,
                 consume: Callable, augment_on: bool, originals: str | None, workdir: str,
-                cold_repeats: int = 3) -> tuple[dict, Any]:
+                cold_repeats: int = 3, min_seconds: float = 2.0) -> tuple[dict, Any]:
     """Every epoch figure of one converted set; returns (figures, cached pipeline dataset).
 
     The pipeline's cold figure is the median over ``cold_repeats`` freshly built
-    datasets (each decodes the split again); its cached figure the median over
-    ``epochs - 1`` cached epochs of the last one, and the tensor bound the median over
-    as many passes: single passes on a shared 2-core VM vary by up to 2x."""
+    datasets (each decodes the split again). The cached figures (the baseline's, the
+    pipeline's of the last dataset) and the tensor bound are medians over ``epochs - 1``
+    timings of at least ``min_seconds`` seconds each (see the module doc); the pipeline's
+    and the tensor bound's alternate. ``*_epochs`` / ``tensor_bound_passes`` keep each
+    timing's rate (images/s), ``*_timings`` and ``*_spread`` the detail."""
     figures: dict[str, Any] = {}
+    repeats = max(1, epochs - 1)
     size = read_cfg.image_size
     float(consume(tf.zeros([read_cfg.batch_size, size, size, 3], tf.uint8)))  # trace once
     recs = stored_records(data_dir, split)
     figures["images"] = len(recs)
+    figures["min_seconds"] = float(min_seconds)
     paths = original_paths(data_dir, [r["filename"] for r in recs], originals)
     figures["original_bytes"] = sum(os.path.getsize(p) for p in paths)
     figures["stored_bytes"] = sum(len(r["jpeg"]) for r in recs)
@@ -221,12 +274,14 @@ def measure_set(data_dir: str, split: str, read_cfg: reader.ReadConfig, epochs: 
                       tempfile.mkdtemp(prefix="tree_", dir=workdir))
     base = baseline_dataset(tree, read_cfg.image_size, read_cfg.batch_size, augment_on)
     figures["baseline_first_epoch"] = rate(*timed_pass(base, consume))
-    figures["baseline_cached_epoch"] = rate(*timed_pass(base, consume))
+    add_timings(figures, "baseline_cached_epoch",
+                [timing(lambda p, b=base: b, consume, min_seconds)
+                 for _ in range(repeats)])
     print(f"{data_dir} baseline: {figures['baseline_first_epoch']:.1f} / "
           f"{figures['baseline_cached_epoch']:.1f} images/s", flush=True)
     del base
 
-    # b. this pipeline
+    # b. this pipeline, cold
     colds = []
     for _ in range(max(1, cold_repeats)):
         ds = None                          # free the previous dataset's cache first
@@ -234,25 +289,36 @@ def measure_set(data_dir: str, split: str, read_cfg: reader.ReadConfig, epochs: 
         colds.append(timed_pass(ds, consume))
     figures["pipeline_cold_epochs"] = [rate(*c) for c in colds]
     figures["pipeline_cold"] = statistics.median(figures["pipeline_cold_epochs"])
-    cached = [timed_pass(ds, consume) for _ in range(max(1, epochs - 1))]
-    figures["pipeline_cached_epochs"] = [rate(*c) for c in cached]
-    figures["pipeline_cached"] = statistics.median(figures["pipeline_cached_epochs"])
     figures["pipeline_images_per_epoch"] = colds[0][0]
 
-    # c. bounds
+    # c. bounds; the cached pipeline and the tensor bound in alternating rounds
     figures["decode_bound_detail"] = decode_bound([r["jpeg"] for r in recs],
                                                   read_cfg.image_size)
     figures["decode_bound"] = figures["decode_bound_detail"]["best"]
     plain = reader.make_dataset(data_dir, split, False, read_cfg)
     images = tf.concat([b[0] for b in plain], axis=0)
-    figures["tensor_bound_passes"] = tensor_bound(images, read_cfg.batch_size, consume,
-                                                  passes=max(1, epochs - 1))
-    figures["tensor_bound"] = statistics.median(figures["tensor_bound_passes"])
-    del images, plain
+    tensor_passes = tensor_bound(images, read_cfg.batch_size)
+    cached, tensor = [], []
+    for r in range(repeats):
+        cached.append(timing(lambda p, d=ds: d, consume, min_seconds))
+        tensor.append(timing(lambda p, r=r, t=tensor_passes: t(r * 1000 + p), consume,
+                             min_seconds))
+    add_timings(figures, "pipeline_cached", cached)
+    add_timings(figures, "tensor_bound", tensor)
+    figures["pipeline_cached_epochs"] = [t["rate"] for t in cached]
+    figures["tensor_bound_passes"] = [t["rate"] for t in tensor]
+    figures["baseline_cached_epochs"] = [t["rate"]
+                                         for t in figures["baseline_cached_epoch_timings"]]
+    del images, plain, tensor_passes
     shutil.rmtree(tree, ignore_errors=True)
+    rounds = [ratio(c["rate"], t["rate"]) for c, t in zip(cached, tensor)]
+    figures["cached_vs_tensor_bound_rounds"] = rounds
+    valid = [v for v in rounds if v is not None]
+    figures["cached_vs_tensor_bound_spread"] = spread(valid or [float("nan")])
     figures["cold_vs_decode_bound"] = ratio(figures["pipeline_cold"], figures["decode_bound"])
-    figures["cached_vs_tensor_bound"] = ratio(figures["pipeline_cached"],
-                                              figures["tensor_bound"])
+    # the median of the rounds' paired ratios: a drift of the machine slower than a round
+    # cancels within it (ratios of the two medians took values from different rounds)
+    figures["cached_vs_tensor_bound"] = statistics.median(valid) if valid else None
     figures["cold_vs_baseline_first_epoch"] = ratio(figures["pipeline_cold"],
                                                     figures["baseline_first_epoch"])
     figures["cached_vs_baseline_cached_epoch"] = ratio(figures["pipeline_cached"],

@@ -181,3 +181,29 @@ def test_resident_memory_six_trials(tiny_data, tmp_path):
     print("RSS MiB after trials 1..6:", rss,
           f"trial 6 / trial 2 = {rss[5] / rss[1]:.3f}")
     assert rss[5] < 1.5 * rss[1]
+
+
+def test_no_space_flags_searches_the_default_space(tiny_data, tmp_path):
+    """No --space/--range/--search: the first line names the default space, and it runs
+    (--backbone given, so the tiny backbone stays and optimizer + learning rate are
+    searched). With --weights=imagenet and an empty Keras cache it refuses (exit 2)."""
+    directory = str(tmp_path / "sweep")
+    common = [sys.executable, "-m", "tools.tune", f"--data={tiny_data}", "--epochs=1",
+              "--warmup_epochs=1", "--batch_size=16", "--image_size=32", "--image_grid=0",
+              "--patience=0", "--precision=float32", "--verbose=0", "--seed=3"]
+    out = _run(common + [f"--directory={directory}", "--max_trials=2", "--backbone=tiny",
+                         "--weights=none"], timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first = next(line for line in out.stdout.splitlines() if line.strip())
+    assert first.startswith("[fundus-tune] no --space/--range/--search: searching the "
+                            "default space optimizer={adamw, adam, sgd}, "
+                            "learning_rate=0.0001..0.003:log; fixed: backbone=tiny"), first
+    rows = _summary(directory)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"COMPLETED"}
+
+    (tmp_path / "keras_home" / "models").mkdir(parents=True)      # an empty Keras cache
+    refused = _run(common + [f"--directory={tmp_path / 'refused'}", "--weights=imagenet"],
+                   timeout=300, KERAS_HOME=str(tmp_path / "keras_home"))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "--weights=imagenet: no backbone of the default space" in refused.stderr
+    assert not os.path.exists(tmp_path / "refused")

@@ -6,10 +6,19 @@
     fundus-tune --data=DATA --directory=SWEEPS/lr --search=learning_rate,optimizer \\
         --range=learning_rate=1e-5..1e-3:log --backbone=efficientnet_v2_s --epochs=8
 
+    fundus-tune --data=DATA --directory=SWEEPS/default --weights=none   # the default space
+
 Every ``fundus-train`` flag is accepted and sets the value of everything that is not
 searched (defaults as in ``fundus-train``). ``--space`` (JSON) and ``--range`` give ranges;
 ``--search`` picks which names are searched (default: every ranged name). A bare value in
 the space file fixes a training flag unless that flag is given on the command line.
+
+With none of ``--space``, ``--range``, ``--search`` it searches the default space
+(``tuning.space.default_space``): ``backbone`` over the backbones whose weights load here
+(``--weights=imagenet``: those with ImageNet weights in the Keras cache, never one that
+would download; ``none``: all six; a PATH: ``--backbone`` only), ``optimizer=adamw|adam|sgd``
+and ``learning_rate=1e-4..3e-3:log``; a name whose flag is given (``--backbone=resnet50``)
+keeps that value. The first line printed says what is searched.
 
 Started again with the same ``--directory`` it resumes (finished trials are not rerun);
 ``--overwrite`` starts afresh. Distributed: set ``KERASTUNER_TUNER_ID`` / ``_ORACLE_IP`` /
@@ -100,13 +109,22 @@ def main(argv: list[str]) -> int:
         if FLAGS.cv:
             raise ValueError("--cv is a fundus-train flag; a sweep trains one split per "
                              "trial (use --val_fold=i to tune on a fold)")
-        space = space_lib.load(FLAGS.space, FLAGS.range, FLAGS.search)
+        default = not (FLAGS.space or FLAGS.range or FLAGS.search)
+        if default:
+            given = {n: FLAGS[n].value for n in space_lib.DEFAULT_SPACE if FLAGS[n].present}
+            space = space_lib.default_space(FLAGS.weights, FLAGS.image_size, FLAGS.backbone,
+                                            given)
+        else:
+            space = space_lib.load(FLAGS.space, FLAGS.range, FLAGS.search)
         base = base_config(FLAGS, space)
         sweep = sweep_config(FLAGS)
         sweep.validate()
         base.validate()
         hm.check_space(base, space)
         search_lib.role()
+    if default:
+        values = {n: getattr(base, n) for n in (*space_lib.DEFAULT_SPACE, "weights")}
+        print(f"[fundus-tune] {space_lib.default_line(space, values)}", flush=True)
     search_lib.run_sweep(sweep, base, space)
     return 0
 

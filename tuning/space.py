@@ -32,7 +32,31 @@ Sources, later ones override earlier ones per name:
 range from 2./3., else the default of 1.), every other ranged name is *fixed* at the
 training flag's value (its range is ignored, with a note). Without ``--search`` every
 ranged name in the file and flags is searched. Fixed overrides (bare values) always
-apply. This module is pure Python (no TensorFlow): parsing and validation only.
+apply.
+
+**The default space** (:data:`DEFAULT_SPACE`, :func:`default_space`): with no ``--space``,
+``--range`` or ``--search`` at all, ``fundus-tune`` searches ``backbone``, ``optimizer``
+(``adamw|adam|sgd``) and ``learning_rate`` (``1e-4..3e-3``, log), and says so in its first
+line. The backbones offered are those whose weights can load here
+(:func:`default_backbones`):
+
+* ``--weights=imagenet``: the ImageNet backbones of ``TUNABLES["backbone"]`` whose
+  ``include_top=False`` weights file is already in the Keras cache
+  (``model.backbones.keras_models_dir``, file names ``backbones.IMAGENET_CACHE_FILES``): machines here
+  have no internet, and a backbone that would have to download is never offered. None
+  cached: a ``ValueError`` naming the fixes (exit 2);
+* ``--weights=none``: every backbone of ``TUNABLES["backbone"]`` (random init always loads);
+* ``--weights=PATH``: a ``.weights.h5`` file holds one architecture, so the backbone stays
+  ``--backbone`` and only the optimizer and learning rate are searched.
+
+With ``--image_size`` set, backbones whose minimum size is larger are left out (with a
+note). A name of the default space whose flag is given on the command line (e.g.
+``--backbone=resnet50``) is not searched: it keeps the flag's value. Parsing, validation
+and file checks only; the Keras import comes with :mod:`model.backbones`, no model is built.
+
+Over 500 lines (about 560) because the default space is a search space like the others and
+is owned here, beside :class:`Param` / :class:`SearchSpace` it is made of; the parsing above
+is about 400 lines, the default space the last 150.
 """
 from __future__ import annotations
 
@@ -41,6 +65,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping
 
+from model import backbones
 from pipeline import fileio
 
 KINDS = ("choice", "float", "int", "fixed")
@@ -409,3 +434,136 @@ def declare(hp, p: Param):
     if p.kind == "float":
         return hp.Float(p.name, p.min, p.max, step=p.step, sampling=p.sampling)
     raise ValueError(f"{p.name}: fixed values are not declared on the tuner")
+
+
+# ------------------------------------------------------------------------ default space
+
+DEFAULT_SOURCE = "default space"
+
+#: What ``fundus-tune`` searches with no ``--space``, ``--range`` or ``--search`` (see the
+#: module doc); ``backbone`` is narrowed by :func:`default_backbones` to what loads here.
+DEFAULT_SPACE: dict[str, Param] = {
+    p.name: p for p in [
+        Param("backbone", "choice", TUNABLES["backbone"].values, source=DEFAULT_SOURCE),
+        Param("optimizer", "choice", ("adamw", "adam", "sgd"), source=DEFAULT_SOURCE),
+        Param("learning_rate", "float", min=1e-4, max=3e-3, sampling="log",
+              source=DEFAULT_SOURCE),
+    ]
+}
+
+def default_backbones(weights: str | None, image_size: int = 0,
+                      backbone: str = "mobilenet_v2",
+                      models_dir: str | None = None) -> tuple[tuple[str, ...], list[str]]:
+    """The backbones the default space offers for ``--weights`` (see the module doc) and
+    notes on what was left out and why.
+
+    Args:
+      weights: ``imagenet``, ``none`` or a ``.weights.h5`` PATH (as ``--weights``).
+      image_size: ``--image_size`` px (0: each backbone's default size).
+      backbone: ``--backbone``, the one backbone a PATH's weights are for.
+      models_dir: the Keras cache folder (default ``model.backbones.keras_models_dir``).
+
+    Raises ValueError when no backbone is left (no ImageNet weights cached, or
+    ``image_size`` below every backbone's minimum), FileNotFoundError for a missing PATH.
+    """
+    w = backbones.normalise_weights(weights)
+    if w not in (None, "imagenet"):
+        return (backbone,), [f"--weights={weights} holds the weights of one architecture: "
+                             f"backbone stays --backbone={backbone}"]
+    notes: list[str] = []
+    names = []
+    for name in DEFAULT_SPACE["backbone"].values:
+        smallest = backbones.get(name).min_size
+        if image_size and image_size < smallest:
+            notes.append(f"default space: {name} left out (--image_size={image_size} is "
+                         f"below its minimum of {smallest} px)")
+        else:
+            names.append(name)
+    if w == "imagenet":
+        folder = models_dir or backbones.keras_models_dir()
+        missing = [n for n in names
+                   if not os.path.isfile(os.path.join(
+                       folder, backbones.imagenet_cache_file(n, image_size)))]
+        if missing:
+            notes.append(f"default space: {', '.join(missing)} left out (--weights=imagenet: "
+                         f"no ImageNet weights in the Keras cache {folder}; this machine "
+                         f"is not assumed to reach the internet)")
+        names = [n for n in names if n not in missing]
+        if not names:
+            raise ValueError(
+                f"--weights=imagenet: no backbone of the default space has its ImageNet "
+                f"weights in the Keras cache ({folder}), and without internet none can "
+                f"download; pass --weights=PATH to a .weights.h5 file with its --backbone "
+                f"(e.g. ../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5), "
+                f"--weights=none, or name the backbones to search with "
+                f"--range=backbone=a|b (downloads need internet)")
+    elif not names:
+        raise ValueError(f"--image_size={image_size} is below every default backbone's "
+                         f"minimum; use a larger --image_size or --range=backbone=...")
+    return tuple(names), notes
+
+
+def default_space(weights: str | None, image_size: int = 0, backbone: str = "mobilenet_v2",
+                  given: Mapping[str, Value] | None = None,
+                  models_dir: str | None = None) -> SearchSpace:
+    """The space ``fundus-tune`` searches with no ``--space``, ``--range`` or ``--search``.
+
+    Args:
+      weights, image_size, backbone, models_dir: as :func:`default_backbones`.
+      given: name -> value of the training flags given on the command line; a name of
+        :data:`DEFAULT_SPACE` among them is not searched (the flag's value stays).
+
+    Returns a :class:`SearchSpace` whose notes say what was left out and what is fixed.
+    A single backbone left is fixed (``fixed["backbone"]``) rather than searched.
+    Raises ValueError when nothing is left to search (every name given on the command
+    line) and as :func:`default_backbones`.
+    """
+    given = dict(given or {})
+    searched: dict[str, Param] = {}
+    fixed: dict[str, Value] = {}
+    notes: list[str] = []
+    for name, p in DEFAULT_SPACE.items():
+        if name in given:
+            notes.append(f"default space: {name} not searched (--{name}={given[name]} "
+                         f"given)")
+            continue
+        if name == "backbone":
+            names, why = default_backbones(weights, image_size, backbone, models_dir)
+            notes += why
+            if len(names) == 1:
+                if names[0] != backbone:
+                    fixed["backbone"] = names[0]
+                if backbones.normalise_weights(weights) in (None, "imagenet"):
+                    notes.append(f"default space: backbone fixed at {names[0]}, the only "
+                                 f"one whose weights load here")
+                continue
+            p = dataclasses.replace(p, values=names)
+        searched[name] = p
+    if not searched:
+        raise ValueError(f"no --space/--range/--search and {', '.join('--' + n for n in given)}"
+                         f" given: nothing of the default space is left to search; give "
+                         f"--space, --range or --search")
+    return SearchSpace(searched, fixed, tuple(notes))
+
+
+def default_line(space: SearchSpace, values: Mapping[str, Value]) -> str:
+    """The first line of a sweep over :func:`default_space`: what is searched, for the
+    names of :data:`DEFAULT_SPACE` that are not the value every trial uses, and which
+    backbones ``--weights`` allows (``values``: name -> the trials' base value, i.e. the
+    training flags, ``weights`` included)."""
+    parts = []
+    for name, p in space.searched.items():
+        if p.kind == "choice":
+            parts.append(f"{name}={{{', '.join(str(v) for v in p.values)}}}")
+        else:
+            log = ":log" if p.sampling == "log" else ""
+            parts.append(f"{name}={p.min:g}..{p.max:g}{log}")
+    fixed = [f"{n}={space.fixed.get(n, values.get(n))}" for n in DEFAULT_SPACE
+             if n not in space.searched]
+    w = backbones.normalise_weights(values.get("weights"))
+    allowed = ("every backbone loads, from random init" if w is None else
+               f"only backbones with ImageNet weights in {backbones.keras_models_dir()}"
+               if w == "imagenet" else "one architecture's file: the backbone stays --backbone")
+    return ("no --space/--range/--search: searching the default space " + ", ".join(parts)
+            + (f"; fixed: {', '.join(fixed)}" if fixed else "")
+            + f" (--weights={values.get('weights')}: {allowed})")
