@@ -7,6 +7,7 @@ or the new one, never half of one; the temporary is removed when the write fails
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -94,3 +95,25 @@ def write_dir_atomic(path: str, write: Callable[[str], None]) -> str:
         raise
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+#: errno values of a full disk, an exceeded quota and an exceeded file size limit.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large",
+                  "file too large")
+
+
+def out_of_space(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is a write that failed for lack
+    of space: an ``OSError`` with one of :data:`NO_SPACE_ERRNOS`, or an error of a library
+    that writes through its own C code (TensorFlow's ``TFRecordWriter``, HDF5) whose text
+    carries the system's message."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(t in str(e) for t in _NO_SPACE_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -17,7 +17,13 @@ Flow of :func:`convert`:
    ``imap``), stream each shard to a temporary name and rename it into place when
    complete (:func:`pipeline.fileio.write_atomic`); a photo that fails is a listed skip
    with its reason;
-5. write ``manifest.json`` (:mod:`pipeline.manifest`) atomically and drop the progress file.
+5. write ``manifest.json`` (:mod:`pipeline.manifest`; each shard with its ``records``,
+   ``sha256`` and ``bytes``) atomically and drop the progress file.
+
+Steps 3-5 hold the output dir's lock (:class:`pipeline.lock.DirLock`): a second conversion
+started on the same dir refuses with ``LockedError`` instead of interleaving. A write that
+fails (a full disk) removes its temporary file; the shards already finished and the
+progress file stay, so the same command resumes once there is space.
 
 Every byte of the output is a function of the inputs and the output-shaping flags (not
 of ``workers``), so an interrupted run that is started again ends byte-identical.
@@ -42,6 +48,7 @@ from PIL import features
 from pipeline import annotations as annotations_lib
 from pipeline import fileio
 from pipeline import fundus
+from pipeline import lock as lock_lib
 from pipeline import manifest as manifest_lib
 from pipeline import progress as progress_lib
 from pipeline import schema
@@ -320,62 +327,81 @@ def convert_with_status(cfg: ConvertConfig) -> Result:
     flags = output_flags(cfg, fractions)
     dirs = image_dirs(cfg)
 
-    pool = process_pool(workers)
+    if os.path.exists(cfg.output) and not os.path.isdir(cfg.output):
+        raise ConvertError(f"--output={cfg.output}: exists and is not a folder")
+    pool = process_pool(workers)      # forked before the lock: workers never hold it
     try:
-        source_shas = [manifest_lib.sha256_file(a) if os.path.isfile(a) else "folder"
-                       for a in cfg.annotations]
-        files = [kept.at[i, "path"] for sh in order for i in sh.rows]
-        rel = [f"{kept.at[i, 'split']}/{kept.at[i, 'patient_id']}/{kept.at[i, 'eye']}/"
-               f"{kept.at[i, 'filename']}" for sh in order for i in sh.rows]
-        shas = list(_imap(pool, _sha256_bytes, files, chunksize(len(files), workers)))
-        fp = fingerprint(flags, source_shas, shas, rel)
-        phases["fingerprint"] = time.monotonic() - t0 - sum(phases.values())
-        state, payload = _prepare_output(cfg, fp)
-        if state == "up to date":
-            return Result(payload, "up to date", time.monotonic() - t0, 0, phases)
-        completed: dict[str, dict] = payload
-        status = "resumed" if completed else "converted"
-        progress_path = os.path.join(cfg.output, PROGRESS_NAME)
-        progress_doc = {"fingerprint": fp, "completed": completed}
-        fileio.write_text(progress_path, manifest_lib.dumps(progress_doc))
-
-        todo = [sh for sh in order if sh.name not in completed]
-        tasks = [(kept.at[i, "path"], cfg.image_size, cfg.jpeg_quality)
-                 for sh in todo for i in sh.rows]
-        bar = progress_lib.Progress("fundus-convert", "photos", len(tasks), cfg.progress)
-        results = _imap(pool, _prepare_task, tasks, chunksize(len(tasks), workers))
-        n_done = n_skip = 0
-
-        def write_shard(sh: sharding.Shard, written: list, skipped: list, tmp: str) -> None:
-            nonlocal n_done, n_skip
-            with tf.io.TFRecordWriter(tmp) as w:
-                for i in sh.rows:
-                    jpeg, reason = next(results)
-                    n_done += 1
-                    if jpeg is None:
-                        n_skip += 1
-                        skipped.append(_skip_entry(kept.loc[i], reason))
-                    else:
-                        w.write(schema.encode_example(
-                            _eye_record(kept.loc[i], jpeg, cfg.image_size)))
-                        written.append(i)
-                    bar.update(n_done, skipped=n_skip)
-
-        for sh in todo:
-            final = os.path.join(cfg.output, sh.name)
-            written, skipped = [], []
-            fileio.write_atomic(final, functools.partial(write_shard, sh, written, skipped))
-            completed[sh.name] = {"records": len(written), "written": [_key(kept, i)
-                                                                     for i in written],
-                                  "sha256": manifest_lib.sha256_file(final),
-                                  "skipped": skipped}
-            fileio.write_text(progress_path, manifest_lib.dumps(progress_doc))
-            _after_shard(sh.name)
-        bar.close()
-    finally:
-        if pool is not None:
-            pool.close()
+        # one conversion per output dir at a time: a second one refuses (LockedError)
+        with lock_lib.DirLock(cfg.output, "fundus-convert", "--output"):
+            result = _convert_locked(cfg, t0, phases, pool, workers, kept, sel_skipped,
+                                     formats, fractions, shards, order, flags, dirs)
+    except BaseException:
+        if pool is not None:          # a failed write (disk full), Ctrl-C: stop the
+            pool.terminate()          # workers now, not after every queued photo
             pool.join()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
+    return result
+
+
+def _convert_locked(cfg: ConvertConfig, t0: float, phases: dict[str, float], pool,
+                    workers: int, kept: pd.DataFrame, sel_skipped: pd.DataFrame,
+                    formats: list[str], fractions: tuple, shards: dict, order: list,
+                    flags: dict, dirs: dict[str, str]) -> Result:
+    """:func:`convert_with_status` after the table and the plan, with the output dir
+    locked: fingerprint, up-to-date / resume check, the shards, the manifest."""
+    source_shas = [manifest_lib.sha256_file(a) if os.path.isfile(a) else "folder"
+                   for a in cfg.annotations]
+    files = [kept.at[i, "path"] for sh in order for i in sh.rows]
+    rel = [f"{kept.at[i, 'split']}/{kept.at[i, 'patient_id']}/{kept.at[i, 'eye']}/"
+           f"{kept.at[i, 'filename']}" for sh in order for i in sh.rows]
+    shas = list(_imap(pool, _sha256_bytes, files, chunksize(len(files), workers)))
+    fp = fingerprint(flags, source_shas, shas, rel)
+    phases["fingerprint"] = time.monotonic() - t0 - sum(phases.values())
+    state, payload = _prepare_output(cfg, fp)
+    if state == "up to date":
+        return Result(payload, "up to date", time.monotonic() - t0, 0, phases)
+    completed: dict[str, dict] = payload
+    status = "resumed" if completed else "converted"
+    progress_path = os.path.join(cfg.output, PROGRESS_NAME)
+    progress_doc = {"fingerprint": fp, "completed": completed}
+    fileio.write_text(progress_path, manifest_lib.dumps(progress_doc))
+
+    todo = [sh for sh in order if sh.name not in completed]
+    tasks = [(kept.at[i, "path"], cfg.image_size, cfg.jpeg_quality)
+             for sh in todo for i in sh.rows]
+    bar = progress_lib.Progress("fundus-convert", "photos", len(tasks), cfg.progress)
+    results = _imap(pool, _prepare_task, tasks, chunksize(len(tasks), workers))
+    n_done = n_skip = 0
+
+    def write_shard(sh: sharding.Shard, written: list, skipped: list, tmp: str) -> None:
+        nonlocal n_done, n_skip
+        with tf.io.TFRecordWriter(tmp) as w:
+            for i in sh.rows:
+                jpeg, reason = next(results)
+                n_done += 1
+                if jpeg is None:
+                    n_skip += 1
+                    skipped.append(_skip_entry(kept.loc[i], reason))
+                else:
+                    w.write(schema.encode_example(
+                        _eye_record(kept.loc[i], jpeg, cfg.image_size)))
+                    written.append(i)
+                bar.update(n_done, skipped=n_skip)
+
+    for sh in todo:
+        final = os.path.join(cfg.output, sh.name)
+        written, skipped = [], []
+        fileio.write_atomic(final, functools.partial(write_shard, sh, written, skipped))
+        completed[sh.name] = {"records": len(written), "written": [_key(kept, i)
+                                                                 for i in written],
+                              "sha256": manifest_lib.sha256_file(final),
+                              "bytes": os.path.getsize(final), "skipped": skipped}
+        fileio.write_text(progress_path, manifest_lib.dumps(progress_doc))
+        _after_shard(sh.name)
+    bar.close()
 
     phases["prepare+write"] = time.monotonic() - t0 - sum(phases.values())
     manifest = _build_manifest(cfg, kept, sel_skipped, shards, completed, flags, formats,
@@ -407,7 +433,7 @@ def _prepare_output(cfg: ConvertConfig, fp: str) -> tuple[str, dict]:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConvertError(f"--output={out}: exists and is not a folder")
     os.makedirs(out, exist_ok=True)
-    names = sorted(os.listdir(out))
+    names = sorted(n for n in os.listdir(out) if n != lock_lib.LOCK_NAME)
     man_path = manifest_lib.manifest_path(out)
     prog_path = os.path.join(out, PROGRESS_NAME)
     prog = _read_doc(prog_path)
@@ -454,7 +480,11 @@ def _build_manifest(cfg, kept, sel_skipped, shards, completed, flags, formats, s
             c = completed[sh.name]
             written += [by_key[k] for k in c["written"]]
             image_skips += c["skipped"]
-            entries.append({"path": sh.name, "records": c["records"], "sha256": c["sha256"]})
+            size = c.get("bytes")        # progress files of earlier versions lack it
+            if size is None:
+                size = os.path.getsize(os.path.join(cfg.output, sh.name))
+            entries.append({"path": sh.name, "records": c["records"], "sha256": c["sha256"],
+                            "bytes": int(size)})
         entry = _split_summary(kept, written, cfg.folds)
         entry["skipped"] = sum(len(completed[sh.name]["skipped"]) for sh in shards[split])
         entry["shards"] = entries

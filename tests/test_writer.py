@@ -79,6 +79,17 @@ def test_manifest_counts_shards_and_sha(converted, synth):
     assert not any(".tmp" in n or n.startswith(".") for n in os.listdir(out))
 
 
+def test_manifest_records_shard_bytes_and_verifies(converted):
+    out, m = converted
+    for s in m["splits"].values():
+        for sh in s["shards"]:
+            assert sh["bytes"] == os.path.getsize(os.path.join(out, sh["path"]))
+    reports = manifest_lib.verify_shards(out)
+    assert len(reports) == sum(len(s["shards"]) for s in m["splits"].values())
+    assert all(r.ok for r in reports), [r for r in reports if not r.ok]
+    manifest_lib.check_shards(out)
+
+
 def test_schema_round_trip_matches_annotations(converted, synth):
     out, m = converted
     by_id = {p["id"]: p for p in synth["patients"]}

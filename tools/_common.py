@@ -14,7 +14,8 @@ Exit status of every job (``run = entry(main)``; see docs/design.md, "tools/"):
 * 2: bad flags or input, found before the work starts. Raised as absl flag errors
   (unknown flag, bad value, missing required flag: at parse time), ``app.UsageError``,
   :class:`InputError`, any exception type the job lists in ``entry(main,
-  input_errors=...)``, or one of :data:`INPUT_ERRORS` (``ValueError``,
+  input_errors=...)`` or in :data:`ALWAYS_INPUT` (a damaged data dir's
+  ``ShardError``), or one of :data:`INPUT_ERRORS` (``ValueError``,
   ``FileNotFoundError``, ...) raised inside a ``with checking_inputs():`` block (the
   job's start-up validation). One line on stderr, ``fundus-<job>: error: <message>``,
   where the message names the flag, file or row and the fix; no traceback;
@@ -34,6 +35,8 @@ import traceback
 from typing import Callable, Iterator
 
 from absl import app, flags, logging
+
+from pipeline import manifest as manifest_lib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -94,6 +97,11 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError, PermissionError)
 
 
+#: Bad input wherever a library raises it, in every job: shards missing or not the size
+#: their manifest records (found by the start-up check of training and evaluation).
+ALWAYS_INPUT: tuple[type[BaseException], ...] = (manifest_lib.ShardError,)
+
+
 def message(e: BaseException) -> str:
     """The user-facing text of an exception (a ``KeyError``'s without the quotes)."""
     if isinstance(e, KeyError) and len(e.args) == 1:
@@ -134,7 +142,7 @@ def call(main: Callable[[list[str]], int | None], argv: list[str], *,
     name = name or job_name(main)
     try:
         status = main(argv)
-    except (InputError, app.UsageError, flags.Error, *input_errors) as e:
+    except (InputError, app.UsageError, flags.Error, *ALWAYS_INPUT, *input_errors) as e:
         error(name, message(e))
         return 2
     except RunError as e:

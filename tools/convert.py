@@ -2,11 +2,18 @@
 
     fundus-convert --annotations=ODIR/full_df.csv --images=ODIR/preprocessed_images \\
         --output=data/odir512
+    fundus-convert --verify=data/odir512       # re-hash every shard against the manifest
 
-Exit status: 0 when converted or up to date; 2 for bad flags, unreadable annotations or
-a refused output directory (the message names the flag or file and the fix); 1 when
-nothing was converted, or with ``--strict`` when any input was skipped (the output is
-still written and lists why), or for a failure during the conversion.
+Exit status: 0 when converted or up to date; 2 for bad flags, unreadable annotations, a
+refused output directory, or an output directory another conversion is writing (its lock:
+the message names the dir and that run's pid) -- the message names the flag or file and
+the fix; 1 when nothing was converted, or with ``--strict`` when any input was skipped
+(the output is still written and lists why), or for a failure during the conversion (a
+full disk: the finished shards stay and the same command resumes).
+``--verify=DIR`` (no other flag needed) re-hashes every shard of DIR and checks its size
+and record count against ``manifest.json``, one line per shard: exit 0 when all match, 1
+when any does not (each mismatch named by shard), 2 when DIR has no manifest or a
+conversion is writing it.
 ``--bench_bound`` also times the bare decode + crop + resize + encode of the same photos
 on all workers (before and after the conversion) and prints the ratio.
 """
@@ -18,7 +25,9 @@ import os
 
 from absl import app, flags
 
-from pipeline import bench
+from pipeline import bench, fileio
+from pipeline import lock as lock_lib
+from pipeline import manifest as manifest_lib
 from pipeline import writer
 from pipeline.annotations import AnnotationError
 
@@ -46,6 +55,9 @@ flags.DEFINE_bool("strict", False, "Exit 1 when any input was skipped.")
 flags.DEFINE_bool("overwrite", False, "Replace an output directory made from other "
                   "inputs or flags (only the converter's files are deleted).")
 flags.DEFINE_bool("progress", True, "Progress line on stderr.")
+flags.DEFINE_string("verify", None, "Only check the converted dir DIR: re-hash every shard "
+                    "and compare its sha256, size and record count with manifest.json "
+                    "(exit 1 on any mismatch); no other flag needed.")
 flags.DEFINE_bool("bench_bound", False, "Also time the bare fundus preparation of the "
                   "same photos (the conversion's bound) and print the ratio.")
 
@@ -102,9 +114,42 @@ def report(cfg: writer.ConvertConfig, result: writer.Result) -> None:
         print(f"  ... and {len(skipped) - 20} more (manifest.json lists all)")
 
 
+def verify(data_dir: str) -> int:
+    """``--verify=DIR``: one line per shard, a summary; RunError when any mismatches."""
+    with _common.checking_inputs():
+        manifest = manifest_lib.load(data_dir)
+        who = lock_lib.holder(data_dir)
+        if who is not None:
+            raise _common.InputError(f"--verify={data_dir} is being written by another run "
+                                     f"({who or 'pid unknown'}); verify once it finishes")
+    bad = []
+    n = 0
+    for report in manifest_lib.verify_shards(data_dir, None, manifest):
+        n += 1
+        state = "ok " if report.ok else "BAD"
+        detail = "; ".join(report.problems) if report.problems else \
+            f"{report.records} records"
+        print(f"{state} {report.split:<5} {report.path}: {detail}", flush=True)
+        if not report.ok:
+            bad.append(report)
+    if bad:
+        raise _common.RunError(
+            f"--verify={data_dir}: {len(bad)} of {n} shards do not match "
+            f"{manifest_lib.MANIFEST_NAME} ({', '.join(r.path for r in bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}); {manifest_lib.fix_hint(data_dir, False)}")
+    print(f"{data_dir}: all {n} shards match {manifest_lib.MANIFEST_NAME} "
+          f"(sha256, size, record count)")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.verify:
+        if FLAGS.annotations or FLAGS.output:
+            raise app.UsageError("--verify checks a converted dir on its own; drop "
+                                 "--annotations/--output (or --verify)")
+        return verify(FLAGS.verify)
     if not FLAGS.annotations:
         raise app.UsageError("--annotations is required: annotation files or folder trees")
     if not FLAGS.output:
@@ -122,8 +167,17 @@ def main(argv: list[str]) -> int:
     bound_before = None
     if FLAGS.bench_bound:
         bound_before = bench.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
-    # ConvertError / AnnotationError (bad flags, annotations, a refused output dir): exit 2
-    result = writer.convert_with_status(cfg)
+    # ConvertError / AnnotationError (bad flags, annotations, a refused output dir) and
+    # LockedError (another conversion writes --output): exit 2
+    try:
+        result = writer.convert_with_status(cfg)
+    except Exception as e:
+        if fileio.out_of_space(e):
+            raise _common.RunError(
+                f"--output={cfg.output}: out of disk space ({type(e).__name__}: "
+                f"{_common.message(e).strip().splitlines()[0]}); the shards finished so "
+                f"far are kept: free space and rerun the same command to resume") from e
+        raise
     report(cfg, result)
     if bound_before is not None and result.processed:
         after = bench.bench_bound(files, cfg.image_size, cfg.jpeg_quality, cfg.workers)
@@ -143,7 +197,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-run = _common.entry(main, input_errors=(writer.ConvertError, AnnotationError))
+run = _common.entry(main, input_errors=(writer.ConvertError, AnnotationError,
+                                        lock_lib.LockedError))
 
 if __name__ == "__main__":
     run()
