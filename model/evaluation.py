@@ -35,11 +35,13 @@ import pandas as pd
 from model import eval_figures, rundir
 from model import eval_metrics as EM
 from model import io as model_io
-from pipeline import fileio, reader
+from pipeline import fileio, integrity, reader
 from pipeline import manifest as manifest_lib
+from pipeline import progress as progress_lib
 
 CSV_COLUMNS = ["file", "patient", "eye", "sex", "probability"]
 OOF = "oof"      # --split=oof: each fold model on its own validation fold
+JOB = "fundus-evaluate"   # the progress lines' label
 
 
 # ------------------------------------------------------------------------- prediction
@@ -55,9 +57,10 @@ def _read_config(image_size: int, batch_size: int) -> reader.ReadConfig:
 
 
 def _run_pass(models: dict[int, Any], data_dir: str, split, image_size: int,
-              batch_size: int, tta: str
+              batch_size: int, tta: str, bar: progress_lib.Progress
               ) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
-    """One read of a split at ``image_size``; every model of that size predicts each batch."""
+    """One read of a split at ``image_size``; every model of that size predicts each batch
+    (``bar`` counts the images)."""
     cfg = _read_config(image_size, batch_size)
     ds = reader.make_dataset(data_dir, split, False, cfg)
     fns = {i: model_io.make_predict_fn(m, tta) for i, m in models.items()}
@@ -70,6 +73,8 @@ def _run_pass(models: dict[int, Any], data_dir: str, split, image_size: int,
         rows["file"].extend(_text(v) for v in meta["filename"])
         rows["patient"].extend(_text(v) for v in meta["patient_id"])
         rows["eye"].extend(_text(v) for v in meta["eye"])
+        bar.update(len(rows["file"]))
+    bar.close()
     frame = pd.DataFrame(rows)
     out = {i: (np.concatenate(v) if v else np.zeros([0], np.float32)).astype(np.float32)
            for i, v in probs.items()}
@@ -80,22 +85,48 @@ def _keys(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
     return list(zip(frame["patient"], frame["eye"], frame["file"]))
 
 
+def member_name(member: model_io.Member) -> str:
+    """A member's short name: its model dir's name (``fold_1``), else its file's."""
+    return os.path.basename(os.path.dirname(member.path)) or os.path.basename(member.path)
+
+
+def pass_label(members: Sequence[model_io.Member], chosen: Sequence[int], size: int) -> str:
+    """Who predicts in one read at ``size`` px: ``"fold_1, 384 px"`` (one member),
+    ``"5 models, 384 px"`` (all of them) or ``"models 1,3 of 5, 384 px"`` (some)."""
+    if len(members) == 1:
+        who = member_name(members[0])
+    elif len(chosen) == len(members):
+        who = f"{len(members)} models"
+    else:
+        who = f"models {','.join(str(i + 1) for i in chosen)} of {len(members)}"
+    return f"{who}, {size} px"
+
+
 def predict_split(members: Sequence[model_io.Member], data_dir: str, split, *,
-                  batch_size: int = 32, tta: str = "none") -> pd.DataFrame:
+                  batch_size: int = 32, tta: str = "none", progress: bool = False,
+                  label: str = JOB) -> pd.DataFrame:
     """Predict every normal-eye record of ``split`` (a name or a ``reader.SplitSpec``):
     one row per image. Columns: ``file, patient, eye, sex ('male'/'female'), label (1.0
     male), probability`` (P(male) in [0, 1], the ensemble mean) and ``member_k`` for each
     member when there are several. Members of different input sizes each get the records
     decoded at their own size (one read of the split per distinct size); rows are aligned
     on (patient, eye, file).
+
+    ``progress``: a :class:`pipeline.progress.Progress` on stderr per read, starting
+    ``{label} {split}, {who}, {size} px`` (:func:`pass_label`); off by default (training's
+    validation figures use this function).
     """
     if not members:
         raise ValueError("no models to evaluate")
+    what = split if isinstance(split, str) else split.name
+    total = _count(data_dir, split) if progress else 0
     base: pd.DataFrame | None = None
     member_p: dict[int, np.ndarray] = {}
     for size in model_io.image_sizes(members):
         models = {i: m.model for i, m in enumerate(members) if m.image_size == size}
-        frame, probs = _run_pass(models, data_dir, split, size, batch_size, tta)
+        bar = progress_lib.Progress(f"{label} {what}, {pass_label(members, list(models), size)}",
+                                    "images", total, progress)
+        frame, probs = _run_pass(models, data_dir, split, size, batch_size, tta, bar)
         if base is None:
             base = frame
             member_p.update(probs)
@@ -127,33 +158,37 @@ def _count(data_dir: str, spec) -> int:
 
 
 def _own_fold_frames(members: Sequence[model_io.Member], folds: Sequence[int], data_dir: str,
-                     *, batch_size: int, tta: str) -> list[pd.DataFrame]:
+                     *, batch_size: int, tta: str, progress: bool) -> list[pd.DataFrame]:
     """Each member's predictions on its own validation fold ``folds[i]`` (normal eyes of
     the train+val splits, ``reader.training_split``), with a ``fold`` column; folds with
-    no records are left out."""
+    no records are left out. ``progress``: one progress line per member."""
     parts = []
-    for m, f in zip(members, folds):
+    for j, (m, f) in enumerate(zip(members, folds)):
         spec = reader.training_split(data_dir, f)[1]
         if _count(data_dir, spec):
-            parts.append(predict_split([m], data_dir, spec, batch_size=batch_size,
-                                       tta=tta).assign(fold=f))
+            parts.append(predict_split([m], data_dir, spec, batch_size=batch_size, tta=tta,
+                                       progress=progress,
+                                       label=f"{JOB} member {j + 1}/{len(members)}"
+                                       ).assign(fold=f))
     return parts
 
 
 def validation_predictions(members: Sequence[model_io.Member], data_dir: str, split: str, *,
-                           batch_size: int = 32, tta: str = "none"
+                           batch_size: int = 32, tta: str = "none", progress: bool = False
                            ) -> tuple[pd.DataFrame | None, str, str | None]:
     """Predictions on the validation records, for choosing a threshold.
 
     Returns ``(frame or None, source, note)``: out-of-fold predictions of fold members on
     their own ``val_fold`` (data with folds; ``reader.training_split``), else the ensemble
-    on the ``val`` split, else ``None`` with a note saying why.
+    on the ``val`` split, else ``None`` with a note saying why. ``progress``: progress
+    lines on stderr (:func:`predict_split`).
     """
     man = manifest_lib.load(data_dir)
     folds = [rundir.val_fold(m.run_info) for m in members]
     k = int(man.get("folds") or 0)
     if k >= 2 and all(f is not None and f < k for f in folds):
-        parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta)
+        parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta,
+                                 progress=progress)
         if parts:
             frame = pd.concat(parts, ignore_index=True)
             src = (f"out-of-fold: each member on its own val_fold (folds "
@@ -164,8 +199,8 @@ def validation_predictions(members: Sequence[model_io.Member], data_dir: str, sp
                 note = f"the evaluated split {split!r} overlaps the validation folds"
             return frame, src, note
     if split != "val" and _count(data_dir, "val"):
-        return predict_split(members, data_dir, "val", batch_size=batch_size, tta=tta), \
-            "val split", None
+        return predict_split(members, data_dir, "val", batch_size=batch_size, tta=tta,
+                             progress=progress), "val split", None
     why = ("the evaluated split is 'val'" if split == "val"
            else f"no validation records in {data_dir} (empty or no 'val' split, no folds "
                 "matching the models' val_fold)")
@@ -173,12 +208,14 @@ def validation_predictions(members: Sequence[model_io.Member], data_dir: str, sp
 
 
 def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *,
-                            batch_size: int = 32, tta: str = "none") -> pd.DataFrame:
+                            batch_size: int = 32, tta: str = "none", progress: bool = False
+                            ) -> pd.DataFrame:
     """``--split=oof``: every member on its own validation fold (its run.json
     ``val_fold``; normal eyes of the train+val splits, as ``fundus-train`` validated it),
     concatenated, with a ``fold`` column. For a ``fundus-train --cv=K`` dir this is the
     CV's pooled out-of-fold prediction. Raises ValueError naming the member without a
-    fold, a fold the data lacks, or a fold given twice."""
+    fold, a fold the data lacks, or a fold given twice. ``progress``: one progress line
+    per member on stderr."""
     k = int(manifest_lib.load(data_dir).get("folds") or 0)
     folds = [rundir.val_fold(m.run_info) for m in members]
     for m, f in zip(members, folds):
@@ -189,7 +226,8 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
     if len(set(folds)) != len(folds):
         raise ValueError(f"--split=oof: several models validate on the same fold "
                          f"({sorted(folds)}); give one model per fold")
-    parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta)
+    parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta,
+                             progress=progress)
     if not parts:
         raise ValueError(f"--split=oof: no normal-fundus records in the models' folds "
                          f"{sorted(folds)} of {data_dir}")
@@ -198,23 +236,34 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
 
 # ------------------------------------------------------------------------- the job
 
+@integrity.reads_data("data_dir")    # a damaged record met: DataError naming the shard
 def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str = "test",
              output_dir: str | None = None, *, tta: str = "none", batch_size: int = 32,
              bootstrap: int = 2000, seed: int = 0,
-             members: Sequence[model_io.Member] | None = None) -> dict[str, Any]:
+             members: Sequence[model_io.Member] | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Evaluate model(s) on ``split`` of ``data_dir``; write outputs when ``output_dir``.
 
     ``model_paths``: a model dir, ``.keras`` file, ensemble dir, or several (list or comma
     string); or pass loaded ``members``. ``tta``: none, flip, or auto (flip when every
     member was trained with ``--tta=flip``, :func:`model.io.resolve_tta`); metrics.json
-    records the one used. Returns the metrics dict written to metrics.json.
+    records the one used. ``progress``: a progress line on stderr for every read of a
+    split (the evaluated split per input size, each member's validation fold; the jobs'
+    ``--noprogress`` turns them off). Returns the metrics dict written to metrics.json.
+    Before reading, the shards it will read must be there at their recorded sizes
+    (``manifest.ShardError``: bad input); a damaged record met while reading raises
+    ``integrity.DataError`` naming the shard.
     """
     if members is None:
         members = model_io.load_models(model_paths)
     tta = model_io.resolve_tta(tta, members)
     man = manifest_lib.load(data_dir)
+    # the shards this reads are there at their recorded sizes (else ShardError: bad input)
+    manifest_lib.check_shards(data_dir, ("train", "val") if split == OOF else (split, "val"),
+                              man)
     if split == OOF:
-        frame = out_of_fold_predictions(members, data_dir, batch_size=batch_size, tta=tta)
+        frame = out_of_fold_predictions(members, data_dir, batch_size=batch_size, tta=tta,
+                                        progress=progress)
         val, source = None, "none"
         note = (f"--split=oof: the predictions are the validation folds themselves: Youden "
                 f"threshold not chosen, {EM.DEFAULT_THRESHOLD} used")
@@ -222,9 +271,11 @@ def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str 
         if split not in man["splits"] or manifest_lib.split_size(man, split) == 0:
             raise ValueError(f"--split={split}: {data_dir} has no records in split "
                              f"{split!r} (splits: {sorted(man['splits'])}, or oof)")
-        frame = predict_split(members, data_dir, split, batch_size=batch_size, tta=tta)
+        frame = predict_split(members, data_dir, split, batch_size=batch_size, tta=tta,
+                              progress=progress)
         val, source, note = validation_predictions(members, data_dir, split,
-                                                   batch_size=batch_size, tta=tta)
+                                                   batch_size=batch_size, tta=tta,
+                                                   progress=progress)
     if not len(frame):
         raise ValueError(f"--split={split}: no normal-fundus records in {data_dir}")
     thresholds, tnote = EM.youden_thresholds(val)

@@ -27,9 +27,11 @@ from PIL import Image
 from model import eval_figures, evaluation, prediction
 from model import io as model_io
 from pipeline import fileio, reader, schema
+from pipeline import progress as progress_lib
 
 BACKBONE_LAYER = "backbone"
 EPS = 1e-7
+JOB = "fundus-explain"   # the progress lines' label
 
 
 def _outer_output(layer):
@@ -113,18 +115,24 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8).numpy()
 
 
-def ensemble_grad_cam(members: Sequence[model_io.Member], images: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Mean Grad-CAM and mean probability over members; images at the display size."""
+def ensemble_grad_cam(members: Sequence[model_io.Member], images: np.ndarray,
+                      progress: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Mean Grad-CAM and mean probability over members; images at the display size.
+    ``progress``: a :class:`pipeline.progress.Progress` over the members on stderr."""
     size = images.shape[1]
     maps, probs, layers = [], [], []
-    for m in members:
+    bar = progress_lib.Progress(f"{JOB} Grad-CAM of {len(images)} images", "models",
+                                len(members), progress)
+    for j, m in enumerate(members):
+        bar.update(j, note=f"{evaluation.member_name(m)}, {m.image_size} px")
         cam, p, name = grad_cam(m.model, resize_uint8(images, m.image_size))
         if cam.shape[1] != size:
             cam = resize_maps(cam, size)
         maps.append(cam)
         probs.append(p)
         layers.append(name)
+        bar.update(j + 1, note="")
+    bar.close()
     return np.mean(maps, axis=0), model_io.ensemble_mean(probs), layers
 
 
@@ -181,32 +189,43 @@ def most_confident(probabilities: np.ndarray, n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- inputs
 
-def split_images(data_dir: str, split: str, image_size: int, filenames: Sequence[str]
-                 ) -> dict[str, tuple[np.ndarray, float, str]]:
-    """``{filename: (uint8 [S, S, 3], label, patient_id)}`` of the named records of a split."""
+def split_images(data_dir: str, split: str, image_size: int, filenames: Sequence[str],
+                 progress: bool = False) -> dict[str, tuple[np.ndarray, float, str]]:
+    """``{filename: (uint8 [S, S, 3], label, patient_id)}`` of the named records of a split
+    (read until all are found). ``progress``: a progress line over the records read."""
     want = set(filenames)
     found: dict[str, tuple[np.ndarray, float, str]] = {}
     cfg = reader.ReadConfig(image_size=image_size, batch_size=32, cache_budget_gb=0.0,
                             with_meta=True)
+    total = reader.count_records(data_dir, split, normal_only=cfg.normal_only) if progress \
+        else 0
+    bar = progress_lib.Progress(f"{JOB} finding {len(want)} images in {split}", "images",
+                                total, progress)
+    read = 0
     for images, labels, meta in reader.make_dataset(data_dir, split, False, cfg):
         names = [v.decode() for v in meta["filename"].numpy()]
         for j, name in enumerate(names):
             if name in want and name not in found:
                 found[name] = (images[j].numpy(), float(labels[j]),
                                meta["patient_id"][j].numpy().decode())
+        read += len(names)
+        bar.update(read, found=len(found))
         if len(found) == len(want):
             break
+    bar.close()
     return found
 
 
 def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | None = None,
             split: str = "test", n: int = 8, files: Sequence[str] = (),
-            batch_size: int = 32, stored=None) -> dict:
+            batch_size: int = 32, stored=None, progress: bool = True) -> dict:
     """Grad-CAM grid for chosen ``files`` (record file names of ``split``, or photo paths)
     or the ``n`` most confident images of ``split``. Writes ``gradcam_grid.png``,
     ``overlays/*.png``, ``explain.json`` and ``tensorboard/`` under ``output``; returns
     the explain.json dict. Photo paths go through :mod:`model.prediction` (``stored``:
-    its :class:`StoredFormat`, resolved from the models when None)."""
+    its :class:`StoredFormat`, resolved from the models when None). ``progress``:
+    progress lines on stderr for the prediction of the split, the search for the chosen
+    records and the Grad-CAM of each model (the job's ``--noprogress`` turns them off)."""
     size = max(m.image_size for m in members)
     items: list[dict] = []
     images: list[np.ndarray] = []
@@ -227,9 +246,10 @@ def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | 
             raise ValueError("--data is needed to explain images of a split"
                              + (f" (not files on disk: {', '.join(names)})" if names else ""))
         if not names:
-            frame = evaluation.predict_split(members, data_dir, split, batch_size=batch_size)
+            frame = evaluation.predict_split(members, data_dir, split, batch_size=batch_size,
+                                             progress=progress, label=JOB)
             names = list(frame["file"].iloc[most_confident(frame["probability"].to_numpy(), n)])
-        found = split_images(data_dir, split, size, names)
+        found = split_images(data_dir, split, size, names, progress)
         for f in names:
             if f not in found:
                 problems.append({"file": f, "error": f"not a file and not in split {split!r}"})
@@ -242,7 +262,7 @@ def explain(members: Sequence[model_io.Member], output: str, *, data_dir: str | 
         raise ValueError("nothing to explain: " + "; ".join(
             f"{p['file']}: {p['error']}" for p in problems))
     batch = np.stack(images)
-    maps, probs, layers = ensemble_grad_cam(members, batch)
+    maps, probs, layers = ensemble_grad_cam(members, batch, progress)
     os.makedirs(os.path.join(output, "overlays"), exist_ok=True)
     titles = []
     for it, p, cam, img in zip(items, probs, maps, batch):

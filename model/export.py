@@ -26,9 +26,11 @@ import tensorflow as tf
 
 from model import io as model_io
 from pipeline import fileio, reader
+from pipeline import progress as progress_lib
 
 FLOAT32_TOLERANCE = 1e-4
 TFLITE_KINDS = ("float32", "float16", "int8")
+JOB = "fundus-export"   # the progress lines' label
 
 
 def combined_model(members: Sequence[model_io.Member]):
@@ -115,12 +117,14 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def export(members: Sequence[model_io.Member], output: str, check_images: np.ndarray, *,
            tflite: Sequence[str] = ("float32", "float16"), check_source: str = "",
-           representative: Callable[[], Iterable[list[np.ndarray]]] | None = None
-           ) -> dict[str, Any]:
+           representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+           progress: bool = True) -> dict[str, Any]:
     """Export, check and describe: returns (and writes) the ``export.json`` dict.
 
     ``check_images``: uint8 ``[N, S, S, 3]`` at the model's input size. ``ok`` is False
-    when SavedModel or TFLite float32 differ from Keras by more than 1e-4.
+    when SavedModel or TFLite float32 differ from Keras by more than 1e-4. ``progress``:
+    a :class:`pipeline.progress.Progress` over the exports (the SavedModel, each TFLite
+    kind) on stderr, one line as each starts (the job's ``--noprogress`` turns it off).
     """
     for k in tflite:
         if k not in TFLITE_KINDS:
@@ -129,6 +133,8 @@ def export(members: Sequence[model_io.Member], output: str, check_images: np.nda
         raise ValueError("--tflite=int8 needs a representative set from the train split: "
                          "pass --data")
     os.makedirs(output, exist_ok=True)
+    bar = progress_lib.Progress(JOB, "exports checked", 1 + len(tflite), progress)
+    bar.update(0, force=True, note="Keras reference and SavedModel")
     model = combined_model(members)
     ref = keras_probabilities(model, check_images)
     report: dict[str, Any] = {
@@ -144,7 +150,8 @@ def export(members: Sequence[model_io.Member], output: str, check_images: np.nda
     report["saved_model"] = {"path": "saved_model", "max_abs_diff": sm_diff,
                              "ok": sm_diff <= FLOAT32_TOLERANCE}
     report["tflite"] = {}
-    for kind in tflite:
+    for j, kind in enumerate(tflite):
+        bar.update(1 + j, force=True, note=f"TFLite {kind}")
         data = tflite_bytes(sm_path, kind, representative)
         name = f"model_{kind}.tflite"
         fileio.write_bytes(os.path.join(output, name), data)
@@ -153,6 +160,8 @@ def export(members: Sequence[model_io.Member], output: str, check_images: np.nda
         if kind == "float32":
             entry["ok"] = diff <= FLOAT32_TOLERANCE
         report["tflite"][kind] = entry
+    bar.update(1 + len(tflite), note="done")
+    bar.close()
     report["ok"] = bool(report["saved_model"]["ok"] and all(
         e.get("ok", True) for e in report["tflite"].values()))
     fileio.write_json(os.path.join(output, "export.json"), report, sort_keys=False)

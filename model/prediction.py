@@ -24,7 +24,7 @@ import dataclasses
 import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,11 +34,13 @@ from model import io as model_io
 from model import rundir
 from pipeline import fileio, fundus, schema
 from pipeline import manifest as manifest_lib
+from pipeline import progress as progress_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 DEFAULT_STORED_SIZE = 512
 DEFAULT_JPEG_QUALITY = manifest_lib.DEFAULT_JPEG_QUALITY
 CSV_COLUMNS = ["file", "probability_male", "predicted_sex", "error"]
+JOB = "fundus-predict"   # the progress line's label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +151,12 @@ def _decode_batches(jpegs: list[bytes], image_size: int, batch_size: int):
 
 
 def predict_jpegs(members: Sequence[model_io.Member], jpegs: list[bytes], *,
-                  batch_size: int = 32, tta: str = "none") -> tuple[np.ndarray, list[np.ndarray]]:
-    """``(ensemble mean [N], per-member [N] arrays)`` for stored-format JPEG bytes."""
+                  batch_size: int = 32, tta: str = "none",
+                  on_batch: Callable[[int], None] | None = None
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(ensemble mean [N], per-member [N] arrays)`` for stored-format JPEG bytes.
+    ``on_batch(n)``: called after each model predicted a batch of ``n`` images (for a
+    progress display: ``N * len(members)`` in all)."""
     per_member: list[np.ndarray | None] = [None] * len(members)
     if not jpegs:
         empty = np.zeros([0], np.float32)
@@ -162,6 +168,8 @@ def predict_jpegs(members: Sequence[model_io.Member], jpegs: list[bytes], *,
         for images in _decode_batches(jpegs, size, batch_size):
             for i, fn in fns.items():
                 outs[i].append(fn(images).numpy())
+                if on_batch is not None:
+                    on_batch(int(images.shape[0]))
         for i in idx:
             per_member[i] = np.concatenate(outs[i]).astype(np.float32)
     members_p = [p for p in per_member if p is not None]
@@ -170,23 +178,38 @@ def predict_jpegs(members: Sequence[model_io.Member], jpegs: list[bytes], *,
 
 def predict_files(members: Sequence[model_io.Member], files: Sequence[str], fmt: StoredFormat,
                   *, batch_size: int = 32, tta: str = "none", threshold: float = 0.5,
-                  workers: int = 2, chunk: int = 256) -> pd.DataFrame:
+                  workers: int = 2, chunk: int = 256, progress: bool = True) -> pd.DataFrame:
     """One row per file: ``file, probability_male, predicted_sex, error``.
 
     ``predicted_sex`` is ``male`` when the probability >= ``threshold``; rows with an
     error have empty probability and sex. Files are prepared ``workers`` at a time and
     predicted ``chunk`` at a time (memory stays bounded for any number of photos).
+    ``progress``: a :class:`pipeline.progress.Progress` over the photos on stderr
+    (``--noprogress`` turns it off), moving as each model predicts each batch.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"--threshold={threshold}: must be in [0, 1]")
     rows = []
+    n_models = max(1, len(members))
+    who = f"{len(members)} models" if len(members) > 1 else "1 model"
+    bar = progress_lib.Progress(f"{JOB} ({who})", "photos", len(files), progress)
+    work = errors = 0               # images x models predicted; photos without a fundus
+
+    def predicted(n: int) -> None:
+        nonlocal work
+        work += n
+        bar.update(done + (work // n_models), errors=errors)
+
     with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
         for start in range(0, len(files), chunk):
             part = list(files[start:start + chunk])
             prepared = list(pool.map(lambda f: prepare_one(f, fmt), part))
             ok = [i for i, (jpeg, _) in enumerate(prepared) if jpeg is not None]
+            done, work = start + len(part) - len(ok), 0
+            errors += len(part) - len(ok)
+            bar.update(done, errors=errors)
             probs, _ = predict_jpegs(members, [prepared[i][0] for i in ok],
-                                     batch_size=batch_size, tta=tta)
+                                     batch_size=batch_size, tta=tta, on_batch=predicted)
             p_of = dict(zip(ok, probs.tolist()))
             for i, f in enumerate(part):
                 if i in p_of:
@@ -197,6 +220,8 @@ def predict_files(members: Sequence[model_io.Member], files: Sequence[str], fmt:
                 else:
                     rows.append({"file": f, "probability_male": np.nan, "predicted_sex": "",
                                  "error": prepared[i][1]})
+            bar.update(start + len(part), errors=errors)
+    bar.close()
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 

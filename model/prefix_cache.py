@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from model import augment, backbones, classifier
 from pipeline import fileio, reader, schema
+from pipeline import progress as progress_lib
 from pipeline import manifest as manifest_lib
 
 CACHED_TRANSFORMS = ("flip",)   # the random augmentations cached activations can replay
@@ -173,11 +174,15 @@ class ActivationCache:
 
 
 def build_cache(encoder: keras.Model, data_dir: str, splits: tuple[str, ...],
-                image_size: int, flip: bool, cut: str, verbose: int = 1) -> ActivationCache:
+                image_size: int, flip: bool, cut: str, progress: bool = True
+                ) -> ActivationCache:
     """Run ``encoder`` once over every record of ``splits`` (and on the mirrored image
-    when ``flip``); decoding as the reader does (:func:`pipeline.schema.decode_image`)."""
+    when ``flip``); decoding as the reader does (:func:`pipeline.schema.decode_image`).
+    ``progress``: a :class:`pipeline.progress.Progress` over the images on stderr."""
     t0 = time.time()
     man = manifest_lib.load(data_dir)
+    bar = progress_lib.Progress(f"[prefix-cache] {cut}", "images",
+                                sum(manifest_lib.split_size(man, s) for s in splits), progress)
     files, names = [], []
     for s in splits:
         f = reader.shard_files(data_dir, man, reader.SplitSpec((s,)))
@@ -209,9 +214,8 @@ def build_cache(encoder: keras.Model, data_dir: str, splits: tuple[str, ...],
         for key in ("sex", "normal", "fold", "patient_id", "filename", "split"):
             parts[key].append(b[key].numpy())
         n += int(x.shape[0])
-        if verbose and n % (ENCODE_BATCH * 20) == 0:
-            print(f"[prefix-cache] {n} images, {n / (time.time() - t0):.1f} images/s",
-                  flush=True)
+        bar.update(n)
+    bar.close()
     cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
     for k in ("patient_id", "filename", "split"):
         cat[k] = cat[k].astype(str)
@@ -359,7 +363,7 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
                 print(f"[prefix-cache] caching {cut} activations of {'+'.join(splits)} at "
                       f"{image_size} px{' (+ mirrored)' if flip else ''}", flush=True)
             cache = build_cache(build_encoder(model, prefix), cfg.data, splits, image_size,
-                                flip, cut, cfg.verbose)
+                                flip, cut, progress=bool(cfg.verbose))
             if cfg.prefix_cache_dir:
                 save_cache(cache, cfg.prefix_cache_dir, key)
         _MEMO[key] = cache

@@ -43,6 +43,7 @@ flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bou
 flags.DEFINE_integer("bootstrap", 2000, "Patient-bootstrap resamples for the 95% CIs "
                      "(0: no interval).", lower_bound=0)
 flags.DEFINE_integer("seed", 0, "Bootstrap seed.")
+flags.DEFINE_bool("progress", True, "Progress lines on stderr (--noprogress: none).")
 flags.mark_flags_as_required(["data", "model", "output"])
 
 
@@ -79,7 +80,8 @@ def main(argv: list[str]) -> int:
                              f"{evaluation.OOF})")
     metrics = evaluation.evaluate(None, FLAGS.data, FLAGS.split, FLAGS.output, tta=FLAGS.tta,
                                   batch_size=FLAGS.batch_size, bootstrap=FLAGS.bootstrap,
-                                  seed=FLAGS.seed, members=members)
+                                  seed=FLAGS.seed, members=members,
+                                  progress=FLAGS.progress)
     logging.info("wrote %s", FLAGS.output)
     print(_summary(metrics))
     return 0

@@ -33,6 +33,7 @@ flags.DEFINE_integer("n", 8, "How many of the most confident images.", lower_bou
 flags.DEFINE_list("files", [], "Record file names of the split, or photo paths.")
 flags.DEFINE_string("output", None, "Output dir.")
 flags.DEFINE_integer("batch_size", 32, "Images per prediction batch.", lower_bound=1)
+flags.DEFINE_bool("progress", True, "Progress lines on stderr (--noprogress: none).")
 flags.mark_flags_as_required(["model", "output"])
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
                                  f"split {FLAGS.split!r} (splits: {sorted(man['splits'])})")
     report = explain_lib.explain(members, FLAGS.output, data_dir=FLAGS.data,
                                  split=FLAGS.split, n=FLAGS.n, files=FLAGS.files,
-                                 batch_size=FLAGS.batch_size)
+                                 batch_size=FLAGS.batch_size, progress=FLAGS.progress)
     for p in report["problems"]:
         logging.warning("skipped %s: %s", p["file"], p["error"])
     print(f"{len(report['images'])} images explained -> {FLAGS.output}/gradcam_grid.png")

@@ -33,6 +33,7 @@ flags.DEFINE_integer("check_images", 8, "Number of check images.", lower_bound=1
 flags.DEFINE_integer("representative", 64, "int8 calibration images from the train split.",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of the random check images (without --data).")
+flags.DEFINE_bool("progress", True, "Progress lines on stderr (--noprogress: none).")
 flags.mark_flags_as_required(["model", "output"])
 
 
@@ -67,7 +68,8 @@ def main(argv: list[str]) -> int:
             source = "random pixels (no --data)"
             logging.warning("no --data: checking the exports on random pixels")
     report = export_lib.export(members, FLAGS.output, images, tflite=FLAGS.tflite,
-                               check_source=source, representative=representative)
+                               check_source=source, representative=representative,
+                               progress=FLAGS.progress)
     print(f"saved_model: max |diff| {report['saved_model']['max_abs_diff']:.2e}")
     for kind, e in report["tflite"].items():
         print(f"tflite {kind:8s} {e['bytes'] / 1e6:8.2f} MB  max |diff| {e['max_abs_diff']:.2e}"

@@ -42,6 +42,7 @@ flags.DEFINE_integer("stored_size", None, "Override: the converter's --image_siz
 flags.DEFINE_integer("jpeg_quality", None, "Override: the converter's --jpeg_quality "
                      "(default: run.json / manifest, else 95).", lower_bound=1, upper_bound=100)
 flags.DEFINE_integer("workers", 2, "Threads preparing photos.", lower_bound=1)
+flags.DEFINE_bool("progress", True, "Progress lines on stderr (--noprogress: none).")
 flags.mark_flags_as_required(["model"])
 
 
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> int:
     logging.info("%d photos; %d models; stored format %d px q%d from %s", len(files),
                  len(members), fmt.image_size, fmt.jpeg_quality, fmt.source)
     frame = prediction.predict_files(members, files, fmt, batch_size=FLAGS.batch_size,
-                                     tta=tta, threshold=threshold, workers=FLAGS.workers)
+                                     tta=tta, threshold=threshold, workers=FLAGS.workers,
+                                     progress=FLAGS.progress)
     if problems:
         extra = pd.DataFrame([{"file": i, "probability_male": float("nan"),
                                "predicted_sex": "", "error": err} for i, err in problems],
