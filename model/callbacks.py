@@ -210,3 +210,28 @@ def image_grid(images, columns: int = 4):
     x = tf.reshape(x, [rows, columns, h, w, 3])
     x = tf.transpose(x, [0, 2, 1, 3, 4])
     return tf.reshape(x, [rows * h, columns * w, 3])
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Stops a fit cleanly at the end of the running batch once :meth:`request` was called
+    (``fundus-train``'s Ctrl-C handler calls it): raises ``KeyboardInterrupt`` from the
+    batch-end hook, a plain Python frame, so nothing inside TensorFlow can swallow it.
+    The epoch in progress is lost; the last finished epoch's ``BackupAndRestore`` state
+    stays, and the same command resumes from it. A second :meth:`request` (Ctrl-C
+    pressed again) raises at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    def request(self) -> None:
+        """Ask the running fit to stop after this batch (raise now when asked twice)."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    on_test_batch_end = on_train_batch_end

@@ -20,6 +20,7 @@ import pandas as pd
 
 from model import io as model_io
 from model import metrics as M
+from model import rundir
 
 DEFAULT_THRESHOLD = 0.5   # probability threshold used when no Youden threshold is defined
 
@@ -140,4 +141,29 @@ def member_metrics(frame: pd.DataFrame, members: Sequence[model_io.Member]) -> l
         col = f"member_{i}" if f"member_{i}" in frame else "probability"
         out.append({"path": m.path, "image_size": m.image_size,
                     "image_auc": auc_or_none(frame["label"], frame[col])})
+    return out
+
+
+def pooled_oof(run_dirs: Sequence[str], n_boot: int = 2000, seed: int = 0
+               ) -> dict[str, Any] | None:
+    """The folds' validation predictions pooled: exact ROC AUC per image and per patient
+    and the per-image AUC's patient-bootstrap 95% interval (``ci95``, None when
+    undefined). None when a fold has no ``rundir.VAL_PREDICTIONS``."""
+    parts = [rundir.read_val_predictions(d) for d in run_dirs]
+    if not parts or any(p is None for p in parts):
+        return None
+    y = np.concatenate([p["y"] for p in parts])
+    p = np.concatenate([p["p"] for p in parts])
+    pid = np.concatenate([p["patient_id"] for p in parts])
+    out: dict[str, Any] = {"images": int(y.size), "patients": int(np.unique(pid).size),
+                           "bootstrap": int(n_boot)}
+    try:
+        out["auc"] = M.roc_auc(y, p)
+        out["patient_auc"] = M.roc_auc(*M.per_patient(y, p, pid))
+    except ValueError:
+        return None
+    try:
+        out["ci95"] = list(M.bootstrap_auc_ci(y, p, pid, n=n_boot, seed=seed))
+    except ValueError:
+        out["ci95"] = None
     return out

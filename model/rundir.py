@@ -9,6 +9,8 @@ export)::
     D/run.json       the run record (:func:`write_run_record`; the ONE writer)
     D/history.csv    Keras CSV log, one row per epoch;  D/history.json the same as JSON
     D/saved_model/   serving export;  D/logs/ TensorBoard;  D/backup/ resume state
+    D/curves.png     learning curves;  D/val_predictions.csv the kept model's validation
+                     predictions (a CV pools them: D/../cv.png, cv.json "oof")
 
 This module owns those names, the atomic ``.keras`` save, the history reader, the resume
 check of an interrupted run (:func:`prepare_model_dir`) and the run record: one function
@@ -21,12 +23,13 @@ key is read where it is written. Pure file handling: nothing here trains or pred
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import platform
 import shutil
-from typing import Any
+from typing import Any, Mapping
 
 import keras
 import numpy as np
@@ -41,6 +44,9 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 CONFIG_JSON = "config.json"          # backup/config.json: the flags a resume must share
 CV_JSON = "cv.json"
+CV_PNG = "cv.png"                    # a CV dir's folds plot (model.plots)
+CURVES_PNG = "curves.png"            # learning curves of the run (model.plots)
+VAL_PREDICTIONS = "val_predictions.csv"  # the kept model's validation predictions
 LOGS = "logs"
 SAVED_MODEL = "saved_model"
 BACKUP = "backup"
@@ -161,6 +167,30 @@ def prepare_model_dir(model_dir: str, flags: dict, overwrite: bool) -> bool:
     os.makedirs(backup, exist_ok=True)
     write_json(os.path.join(backup, CONFIG_JSON), mine)
     return saved is not None
+
+
+# ============================================================ validation predictions
+def write_val_predictions(run_dir: str, pred: Mapping[str, np.ndarray]) -> str:
+    """``run_dir/val_predictions.csv`` from ``{"y", "p", "patient_id"}`` (one row per
+    validation image, evaluation order)."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["patient_id", "label", "probability"])
+    for pid, y, p in zip(pred["patient_id"], pred["y"], pred["p"]):
+        w.writerow([pid, f"{float(y):g}", f"{float(p):.8g}"])
+    return fileio.write_text(os.path.join(run_dir, VAL_PREDICTIONS), buf.getvalue())
+
+
+def read_val_predictions(run_dir: str) -> dict[str, np.ndarray] | None:
+    """The predictions :func:`write_val_predictions` wrote (None when absent)."""
+    path = os.path.join(run_dir, VAL_PREDICTIONS)
+    if not os.path.exists(path):
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {"patient_id": np.asarray([r["patient_id"] for r in rows], dtype=str),
+            "y": np.asarray([float(r["label"]) for r in rows], dtype=np.float64),
+            "p": np.asarray([float(r["probability"]) for r in rows], dtype=np.float64)}
 
 
 # ======================================================================= run record

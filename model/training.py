@@ -3,9 +3,9 @@
 ``train(TrainConfig) -> dict`` runs one model (one split or one CV fold) into
 ``model_dir``; ``train_cv`` runs ``--cv=K`` folds into ``model_dir/fold_i`` and writes
 ``cv.json``. The tuner (``tuning.hypermodel``) builds and fits every trial with the same
-public pieces: :func:`classifier_config`, :func:`build_datasets`, :func:`describe_splits`,
-:func:`run_stages` (the one two-stage loop) and :func:`finish_run` (the one builder of the
-run record, written by ``model.rundir.write_run_record``).
+public pieces: :func:`classifier_config`, ``model.train_data`` (``build_datasets``,
+``describe_splits``), :func:`run_stages` (the one two-stage loop) and :func:`finish_run`
+(the one builder of the run record, written by ``model.rundir.write_run_record``).
 
 Stages (each one ``model.fit`` over a contiguous range of the epoch counter)::
 
@@ -44,13 +44,13 @@ import keras
 import numpy as np
 
 from model import callbacks as callbacks_lib
-from model import classifier, distribute, evaluation, export, optim, precision
+from model import classifier, distribute, eval_metrics, evaluation, export, optim, precision
 from model import head_init as head_init_lib
 from model import io as model_io
 from model import metrics as metrics_lib
-from model import prefix_cache, rundir
+from model import hparams, plots, prefix_cache, rundir, train_data
 from model.train_config import ConfigError, TrainConfig
-from pipeline import fileio, reader
+from pipeline import fileio, integrity, progress, reader
 from pipeline import manifest as manifest_lib
 
 
@@ -98,91 +98,6 @@ def compile_stage(model: keras.Model, fit_model: keras.Model, cfg: TrainConfig, 
     return n_trainable
 
 
-# ============================================================================== data
-def read_config(cfg: TrainConfig, image_size: int, training: bool) -> reader.ReadConfig:
-    """The reader settings of ``cfg``'s training (``training=True``) or validation input."""
-    return reader.ReadConfig(
-        image_size=image_size, batch_size=cfg.batch_size, cache_budget_gb=cfg.cache_budget_gb,
-        cache_dir=cfg.cache_dir, sample_weights=bool(training and cfg.class_weights),
-        with_age=cfg.age_loss_weight > 0, normal_only=cfg.train_selection == "normal",
-        seed=cfg.seed)
-
-
-def build_datasets(cfg: TrainConfig, strategy, image_size: int) -> tuple:
-    """``(train_ds, val_ds, train_spec, val_spec)``; distributed when replicas > 1."""
-    train_spec, val_spec = reader.training_split(cfg.data, cfg.val_fold)
-    tr, va = read_config(cfg, image_size, True), read_config(cfg, image_size, False)
-    if strategy.num_replicas_in_sync > 1:
-        train = reader.distributed_dataset(strategy, cfg.data, train_spec, True, tr)
-        val = reader.distributed_dataset(strategy, cfg.data, val_spec, False, va)
-    else:
-        train = reader.make_dataset(cfg.data, train_spec, True, tr)
-        val = reader.make_dataset(cfg.data, val_spec, False, va)
-    return train, val, train_spec, val_spec
-
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """The training and validation splits of a run and their class counts."""
-
-    train_spec: reader.SplitSpec
-    val_spec: reader.SplitSpec
-    train: reader.SplitStats
-    val: reader.SplitStats
-    batch_size: int
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps per epoch (the reader drops the last partial batch)."""
-        return self.train.records // self.batch_size
-
-    @property
-    def majorities(self) -> tuple[float, float]:
-        """(train, val) accuracy of always answering the split's more common sex."""
-        return tuple(max(s.male, s.female) / s.records for s in (self.train, self.val))
-
-
-def describe_splits(cfg: TrainConfig) -> Splits:
-    """Count the run's splits; ``ValueError`` when the batch is larger than the training
-    split or the validation split lacks a class (ROC AUC needs both)."""
-    train_spec, val_spec = reader.training_split(cfg.data, cfg.val_fold)
-    train = reader.split_stats(cfg.data, train_spec,
-                               normal_only=cfg.train_selection == "normal")
-    val = reader.split_stats(cfg.data, val_spec, normal_only=True)
-    if train.records < cfg.batch_size:
-        raise ValueError(f"--batch_size={cfg.batch_size} is larger than the training "
-                         f"split ({train.records} images of {train_spec.name}); lower it")
-    if min(val.male, val.female) == 0:
-        raise ValueError(f"--data={cfg.data}: validation split {val_spec.name} has "
-                         f"{val.male} male / {val.female} female images; ROC AUC needs "
-                         f"both classes")
-    return Splits(train_spec, val_spec, train, val, cfg.batch_size)
-
-
-def _probe_inputs(cfg: TrainConfig, model, cached, splits: Splits, image_size: int):
-    """``(features model, training batches, validation batches)`` for the logistic head:
-    pooled features of the frozen backbone, in evaluation order, labels only."""
-    if cached is not None:
-        return cached.features, cached.train_eval_ds, cached.val_ds
-    features = keras.Model(model.input, model.get_layer("pool").output)
-    tr = dataclasses.replace(read_config(cfg, image_size, True), sample_weights=False,
-                             with_age=False, cache_budget_gb=0.0, cache_dir=None)
-    va = dataclasses.replace(tr, normal_only=True)
-    return (features, reader.make_dataset(cfg.data, splits.train_spec, False, tr),
-            reader.make_dataset(cfg.data, splits.val_spec, False, va))
-
-
-def _sample_images(cfg: TrainConfig, spec, image_size: int) -> np.ndarray:
-    """A few training images (uint8) for the TensorBoard grid, read without a cache."""
-    n = max(1, min(cfg.image_grid, cfg.batch_size))
-    rc = dataclasses.replace(read_config(cfg, image_size, False), batch_size=n,
-                             cache_budget_gb=0.0, cache_dir=None, sample_weights=False,
-                             with_age=False)
-    for images, _ in reader.make_dataset(cfg.data, spec, False, rc).take(1):
-        return images.numpy()
-    raise ValueError(f"--data={cfg.data}: the training split is empty")
-
-
 # ============================================================================ stages
 @dataclasses.dataclass(frozen=True)
 class StagesOutcome:
@@ -202,11 +117,12 @@ def finished_stages(cfg: TrainConfig, backup_root: str) -> list[str]:
 
 
 def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
-               splits: Splits, *, run_dir: str, logs_dir: str,
+               splits: train_data.Splits, *, run_dir: str, logs_dir: str,
                fit_model: keras.Model | None = None, initial_epoch: int = 0,
                backup_root: str | None = None, grid_images: np.ndarray | None = None,
                profile_batch: int = 0, extra_callbacks: Sequence = (),
-               job: str = "fundus-train") -> StagesOutcome:
+               job: str = "fundus-train",
+               clock: tuple[progress.RunClock, float] | None = None) -> StagesOutcome:
     """THE two-stage loop (``fundus-train`` and tuner trials): for every stage of
     ``cfg.stages()`` from ``initial_epoch`` on (hyperband continues a trial there),
     :func:`compile_stage` and ``fit_model.fit`` (default ``model``) with
@@ -217,11 +133,15 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
     ``backup_root``: resumable (``BackupAndRestore`` per stage, a finished stage's weights
     kept, finished stages skipped); ``grid_images``: logged to TensorBoard at the first
     epoch; ``profile_batch``: TensorBoard profiler batch (0: off); ``job``: the name its
-    stage messages start with. Stops after a stage that stopped early or on a NaN loss."""
+    stage messages start with; ``clock``: ``(clock, offset)`` of the whole run the stage
+    lines report (a CV's, with this fold's first epoch at ``offset``; default: this run's
+    own). Stops after a stage that stopped early or on a NaN loss."""
     fit_model = fit_model if fit_model is not None else model
     stages = cfg.stages()
     done = finished_stages(cfg, backup_root) if backup_root else []
     stopped_early = terminated_nan = False
+    # the whole run's clock in epochs: a CV fold reports its CV's (given by train_cv)
+    clock, offset = clock or (progress.RunClock(stages[-1][2]), 0.0)
     for name, first, end, fraction, peak in stages:
         if name in done or end <= initial_epoch:
             continue
@@ -247,7 +167,8 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
         cbs += list(extra_callbacks)
         if cfg.verbose:
             print(f"[{job}] stage {name}: epochs {first + 1}..{end}, "
-                  f"{n_trainable} backbone layers trainable, peak lr {peak:g}", flush=True)
+                  f"{n_trainable} backbone layers trainable, peak lr {peak:g}; "
+                  f"{clock.status(offset + first)}", flush=True)
         fit_model._initial_epoch = None  # Keras keeps a restored epoch across fit calls
         with warnings.catch_warnings():
             # the reader yields one finite pass per epoch (no .repeat()) on purpose
@@ -301,18 +222,20 @@ def auc_summary(pred: dict[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
-def finish_run(cfg: TrainConfig, run_dir: str, splits: Splits, *, strategy, policy: str,
-               outcome: StagesOutcome | None = None, resumed: bool = False,
+def finish_run(cfg: TrainConfig, run_dir: str, splits: train_data.Splits, *, strategy,
+               policy: str, outcome: StagesOutcome | None = None, resumed: bool = False,
                head_info: dict | None = None, cache_info: dict | None = None,
                started: float | None = None, extra: dict | None = None) -> dict:
     """Complete a model dir whose ``best.keras`` / ``best.json`` / ``history.csv`` exist:
     validation figures of the kept model (exact AUC per image and per patient, Youden
     threshold; ``cfg.tta``), the SavedModel export, ``history.json`` and the run record
-    (``run.json`` via :func:`model.rundir.write_run_record`). ``fundus-train`` and the
-    tuner's ``best/`` both end here. ``outcome``: how the stages ended (None: read off
-    ``history.csv``); ``started``: ``time.time()`` at the run's start (``wall_seconds``
-    then counts up to the record's writing); ``extra``: more top-level keys (the tuner's
-    ``tuning``). Returns the record."""
+    (``run.json`` via :func:`model.rundir.write_run_record`), then ``val_predictions.csv``,
+    the run's HParams session in ``logs/`` (:mod:`model.hparams`) and ``curves.png``
+    (:mod:`model.plots`). ``fundus-train`` and the tuner's ``best/`` both end here.
+    ``outcome``: how the stages ended (None: read off ``history.csv``); ``started``:
+    ``time.time()`` at the run's start (``wall_seconds`` then counts up to the record's
+    writing); ``extra``: more top-level keys (the tuner's ``tuning``). Returns the
+    record."""
     best = fileio.read_json(os.path.join(run_dir, rundir.BEST_JSON))
     monitor = cfg.metric_key("auc")
     if best is None:
@@ -321,7 +244,8 @@ def finish_run(cfg: TrainConfig, run_dir: str, splits: Splits, *, strategy, poli
     image_size = cfg.input_size()
     best_model = keras.models.load_model(os.path.join(run_dir, rundir.BEST_MODEL),
                                          compile=False)
-    val_summary = auc_summary(predict_split(best_model, cfg, splits.val_spec, image_size))
+    val_pred = predict_split(best_model, cfg, splits.val_spec, image_size)
+    val_summary = auc_summary(val_pred)
     export.export_saved_model(best_model, os.path.join(run_dir, rundir.SAVED_MODEL))
     history = rundir.read_history(os.path.join(run_dir, rundir.HISTORY_CSV))
     rundir.write_json(os.path.join(run_dir, rundir.HISTORY_JSON), history)
@@ -360,21 +284,29 @@ def finish_run(cfg: TrainConfig, run_dir: str, splits: Splits, *, strategy, poli
         "wall_seconds": None if started is None else round(time.time() - started, 1),
         "outputs": {"best_model": rundir.BEST_MODEL, "saved_model": rundir.SAVED_MODEL,
                     "history": [rundir.HISTORY_CSV, rundir.HISTORY_JSON],
-                    "tensorboard": rundir.LOGS},
+                    "tensorboard": rundir.LOGS, "curves": rundir.CURVES_PNG,
+                    "val_predictions": rundir.VAL_PREDICTIONS},
         "metrics_module": metrics_lib.__name__,
         **(extra or {}),
     }
     rundir.write_run_record(run_dir, record)
+    # the kept model's validation predictions (pooled by a CV), HParams session, curves
+    rundir.write_val_predictions(run_dir, val_pred)
+    logs_dir = os.path.join(run_dir, rundir.LOGS)
+    hparams.write_run_session(cfg, logs_dir, record, history)
+    plots.write_run_plots(cfg, run_dir, record, history, logs_dir)
     return record
 
 
 # =========================================================================== the run
 def train(cfg: TrainConfig, callbacks: Sequence | None = None,
-          extra: dict | None = None) -> dict:
+          extra: dict | None = None,
+          clock: tuple[progress.RunClock, float] | None = None) -> dict:
     """Train one model into ``cfg.model_dir``; returns the ``run.json`` dict.
 
     ``callbacks``: extra Keras callbacks appended to every stage (tests use one to
-    interrupt a run); ``extra``: more top-level keys of the run record.
+    interrupt a run); ``extra``: more top-level keys of the run record; ``clock``: the
+    whole run's clock and this run's first epoch on it (``train_cv`` passes the CV's).
     """
     try:
         cfg.validate()
@@ -383,14 +315,18 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     policy = precision.set_policy(cfg.precision)
 
     t0 = time.time()
+    read: tuple[str, ...] = ()       # the splits this run reads (never test)
     try:  # start-up: every bad flag or input fails here, before model_dir is touched
+        read = tuple(s for spec in reader.training_split(cfg.data, cfg.val_fold)
+                     for s in spec.splits)
+        manifest_lib.check_shards(cfg.data, read)   # every shard there, at its size
         image_size = cfg.input_size()
         strategy = distribute.make_strategy(cfg.strategy)
         keras.utils.set_random_seed(cfg.seed)
         with strategy.scope():
             model = classifier.build_classifier(classifier_config(cfg))
-        train_ds, val_ds, _, _ = build_datasets(cfg, strategy, image_size)
-        splits = describe_splits(cfg)
+        train_ds, val_ds, _, _ = train_data.build_datasets(cfg, strategy, image_size)
+        splits = train_data.describe_splits(cfg)
         fit_model, cached = model, None
         if cfg.cache_frozen_prefix:   # fit a tail sharing the layers, on cached activations
             cached = prefix_cache.prepare(
@@ -401,6 +337,11 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
         resumed = rundir.prepare_model_dir(cfg.model_dir, cfg.to_json(), cfg.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         raise ConfigError(str(e)) from e
+    except integrity.READ_ERRORS as e:   # a damaged record read by --cache_frozen_prefix
+        data_error = integrity.as_data_error(cfg.data, e, read)
+        if data_error is None:
+            raise
+        raise data_error from e
 
     d = cfg.model_dir
     backup_root = os.path.join(d, rundir.BACKUP)
@@ -409,23 +350,26 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     if done:
         model.load_weights(_done_weights(backup_root, done[-1]))
     head_info = None
-    if cfg.head_init == "logistic" and not done:
-        features, tr_batches, va_batches = _probe_inputs(cfg, model, cached, splits,
-                                                         image_size)
-        head_info = head_init_lib.init_head(
-            features, model.get_layer(classifier.SEX_OUTPUT), tr_batches, va_batches,
-            cfg.head_init_c, splits.train.class_weights() if cfg.class_weights else None)
-        if cfg.verbose:
-            print(f"[fundus-train] head from a logistic probe (C={cfg.head_init_c:g}): "
-                  f"AUC {head_info['train_auc']:.4f} train, {head_info['val_auc']:.4f} "
-                  f"validation, {head_info['seconds']:.0f} s", flush=True)
-    grid = None
-    if not resumed and cfg.image_grid > 0 and cached is None:
-        grid = _sample_images(cfg, splits.train_spec, image_size)
-    outcome = run_stages(model, cfg, strategy, train_ds, val_ds, splits, run_dir=d,
-                         logs_dir=logs_dir, fit_model=fit_model, backup_root=backup_root,
-                         grid_images=grid, profile_batch=cfg.profile_batch or 0,
-                         extra_callbacks=callbacks or ())
+    # a damaged record met while training: DataError naming the shard (backup/ is kept)
+    with integrity.reading(cfg.data, read):
+        if cfg.head_init == "logistic" and not done:
+            features, tr_batches, va_batches = train_data.probe_inputs(
+                cfg, model, cached, splits, image_size)
+            head_info = head_init_lib.init_head(
+                features, model.get_layer(classifier.SEX_OUTPUT), tr_batches, va_batches,
+                cfg.head_init_c,
+                splits.train.class_weights() if cfg.class_weights else None)
+            if cfg.verbose:
+                print(f"[fundus-train] head from a logistic probe (C={cfg.head_init_c:g}): "
+                      f"AUC {head_info['train_auc']:.4f} train, {head_info['val_auc']:.4f} "
+                      f"validation, {head_info['seconds']:.0f} s", flush=True)
+        grid = None
+        if not resumed and cfg.image_grid > 0 and cached is None:
+            grid = train_data.sample_images(cfg, splits.train_spec, image_size)
+        outcome = run_stages(model, cfg, strategy, train_ds, val_ds, splits, run_dir=d,
+                             logs_dir=logs_dir, fit_model=fit_model, backup_root=backup_root,
+                             grid_images=grid, profile_batch=cfg.profile_batch or 0,
+                             extra_callbacks=callbacks or (), clock=clock)
     run = finish_run(cfg, d, splits, strategy=strategy, policy=policy, outcome=outcome,
                      resumed=resumed, head_info=head_info,
                      cache_info=cached.info if cached is not None else None,
@@ -442,10 +386,13 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
 
 
 # ================================================================================ CV
-def train_cv(cfg: TrainConfig, k: int) -> dict:
+def train_cv(cfg: TrainConfig, k: int, callbacks: Sequence | None = None) -> dict:
     """``--cv=K``: train fold i (``--val_fold=i``) into ``model_dir/fold_i`` for every i,
     skipping folds that already finished, then write ``model_dir/cv.json`` with the
-    per-fold and mean ± sd (sample sd) validation AUC per image and per patient."""
+    per-fold and mean ± sd (sample sd) validation AUC per image and per patient and the
+    pooled out-of-fold AUC (``oof``, patient-bootstrap CI), the CV's HParams session in
+    ``model_dir/logs`` and ``model_dir/cv.png``. ``callbacks``: extra Keras callbacks of
+    every fold (as :func:`train`'s)."""
     if k < 2:
         raise ConfigError(f"--cv={k}: must be >= 2 (or 0 for a single run)")
     if cfg.val_fold is not None:
@@ -462,11 +409,17 @@ def train_cv(cfg: TrainConfig, k: int) -> dict:
     os.makedirs(cfg.model_dir, exist_ok=True)
     monitor = cfg.metric_key("auc")     # per-image val AUC column of history.csv
     per_fold = []
+    clock = progress.RunClock(k * cfg.epochs)   # the whole CV, in epochs
     for i in range(k):
         fold_dir = os.path.join(cfg.model_dir, f"fold_{i}")
         run = rundir.read_run_record(fold_dir)
         if not run or cfg.overwrite:
-            run = train(dataclasses.replace(cfg, model_dir=fold_dir, val_fold=i))
+            if cfg.verbose:
+                print(f"[fundus-train] fold {i + 1}/{k} (fold_{i}): "
+                      f"{clock.status(i * cfg.epochs)}", flush=True)
+            run = train(dataclasses.replace(cfg, model_dir=fold_dir, val_fold=i),
+                        callbacks=callbacks,
+                        clock=(clock, float(i * cfg.epochs)))  # stage lines report the CV
         history = rundir.read_history(os.path.join(fold_dir, rundir.HISTORY_CSV))
         per_fold.append({"fold": i, "model_dir": f"fold_{i}", "auc": run["val"]["auc"],
                          "patient_auc": run["val"]["patient_auc"],
@@ -487,7 +440,14 @@ def train_cv(cfg: TrainConfig, k: int) -> dict:
         v = np.array([f[key] for f in per_fold], np.float64)
         summary[key] = {"mean": float(v.mean()),
                         "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    # pooled out-of-fold AUC (each fold's val_predictions.csv) with a patient-bootstrap CI
+    fold_dirs = [os.path.join(cfg.model_dir, f["model_dir"]) for f in per_fold]
+    summary["oof"] = eval_metrics.pooled_oof(fold_dirs, seed=cfg.seed)
     rundir.write_json(os.path.join(cfg.model_dir, rundir.CV_JSON), summary)
+    logs_dir = os.path.join(cfg.model_dir, rundir.LOGS)   # the CV's HParams session, cv.png
+    hparams.write_cv_session(cfg, logs_dir, k, summary,
+                             [rundir.read_run_record(d) for d in fold_dirs])
+    plots.write_cv_plots(cfg.model_dir, summary, logs_dir)
     return summary
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import keras
 
+import _hparams_reader as hpr
 from model import augment, callbacks, optim, rundir, train_config, training
 from pipeline import manifest as manifest_lib
 
@@ -288,6 +289,34 @@ def test_run_outputs(resumed_run):
     assert max(ft) <= 9e-4 * (1 + 1e-5) and ft == sorted(ft, reverse=True)
 
 
+def test_run_curves_predictions_and_hparams_session(resumed_run):
+    """finish_run's extras: ``curves.png`` (also a TensorBoard image), the kept model's
+    ``val_predictions.csv`` (its exact AUC is run.json's) and the run's HParams session,
+    whose ``validation ROC AUC`` is run.json ``val.auc``."""
+    import pandas as pd
+    from model import metrics as metrics_lib
+    d, run = resumed_run["dir"], resumed_run["run"]
+    hpr.assert_nontrivial_png(os.path.join(d, "curves.png"), min_width=1000, min_height=400)
+    assert hpr.tensorboard_images(os.path.join(d, "logs", "plots")) == ["plots/curves"]
+    pred = pd.read_csv(os.path.join(d, "val_predictions.csv"), dtype={"patient_id": str})
+    assert len(pred) == run["val"]["images"]
+    assert metrics_lib.roc_auc(pred["label"], pred["probability"]) == pytest.approx(
+        run["val"]["auc"])
+    (group,), exp = hpr.hparams_sessions(os.path.join(d, "logs"))
+    vals = hpr.metric_values(group, exp)
+    assert vals["validation ROC AUC"] == pytest.approx(run["val"]["auc"], abs=1e-6)
+    assert vals["validation ROC AUC per patient"] == pytest.approx(run["val"]["patient_auc"],
+                                                                   abs=1e-6)
+    assert vals["kept epoch"] == run["best"]["epoch"]
+    history = rundir.read_history(os.path.join(d, "history.csv"))
+    assert vals["last-epoch validation ROC AUC"] == pytest.approx(history[-1]["val_auc"])
+    assert vals["wall time (s)"] == pytest.approx(run["wall_seconds"], abs=0.1)
+    assert group.hparams["learning_rate"].number_value == pytest.approx(3e-3)
+    assert group.hparams["augment_rotation_deg"].number_value == pytest.approx(15.0)
+    for absent in ("data", "model_dir", "verbose", "overwrite", "cache_dir", "val_fold"):
+        assert absent not in group.hparams, absent
+
+
 def test_best_model_and_saved_model_agree(resumed_run, tiny_data):
     import tensorflow as tf
     from pipeline import reader
@@ -380,7 +409,8 @@ def test_cv_flag_errors(tiny_data, tiny_fold_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_cross_validation_writes_every_fold_and_cv_json(tiny_fold_data, tmp_path):
+def test_cross_validation_writes_every_fold_and_cv_json(tiny_fold_data, tmp_path,
+                                                         resumed_run):
     cfg = _cfg(tiny_fold_data, str(tmp_path / "cv"), epochs=1, fine_tune_fraction=0.0)
     summary = training.train_cv(cfg, 3)
     assert [f["fold"] for f in summary["folds"]] == [0, 1, 2]
@@ -397,3 +427,27 @@ def test_cross_validation_writes_every_fold_and_cv_json(tiny_fold_data, tmp_path
     # a second call finds every fold finished and trains nothing
     again = training.train_cv(cfg, 3)
     assert again["folds"] == summary["folds"]
+    # the pooled out-of-fold AUC of the folds' val_predictions.csv, cv.png
+    oof = on_disk["oof"]
+    assert oof["images"] == sum(f["val_images"] for f in on_disk["folds"])
+    assert oof["ci95"][0] <= oof["auc"] <= oof["ci95"][1]
+    hpr.assert_nontrivial_png(str(tmp_path / "cv" / "cv.png"), min_width=1000,
+                              min_height=400)
+    assert hpr.tensorboard_images(str(tmp_path / "cv" / "logs" / "plots")) == ["plots/cv"]
+    # one TensorBoard root over a run and a CV: every fold, the CV and the run are
+    # sessions of one HParams table (the CV's written twice, listed once)
+    shutil.copytree(resumed_run["dir"], tmp_path / "run")
+    groups, exp = hpr.hparams_sessions(str(tmp_path))
+    by_name = {g.name: g for g in groups}
+    assert set(by_name) == {"cv/logs", "cv/fold_0/logs", "cv/fold_1/logs", "cv/fold_2/logs",
+                            "run/logs"}
+    for i, f in enumerate(on_disk["folds"]):
+        g = by_name[f"cv/fold_{i}/logs"]
+        assert g.hparams["val_fold"].number_value == i
+        assert hpr.metric_values(g, exp)["validation ROC AUC"] == pytest.approx(f["auc"])
+    cv_vals = hpr.metric_values(by_name["cv/logs"], exp)
+    assert by_name["cv/logs"].hparams["cv"].number_value == 3
+    assert cv_vals["validation ROC AUC"] == pytest.approx(on_disk["auc"]["mean"])
+    assert cv_vals["out-of-fold ROC AUC"] == pytest.approx(oof["auc"])
+    assert hpr.metric_values(by_name["run/logs"], exp)["validation ROC AUC"] == \
+        pytest.approx(resumed_run["run"]["val"]["auc"])

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+import _hparams_reader as hpr
 from tuning import results
 from tuning import space as space_lib
 
@@ -302,34 +303,19 @@ def test_best_dir_is_a_model_dir_that_evaluates(sweep, tiny_data):
     assert metrics["n_images"] == 16 and 0.0 <= metrics["image"]["auc"] <= 1.0
 
 
-def _hparams_sessions(logdir: str):
-    """What TensorBoard's HParams plugin lists: (session groups, experiment)."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import (api_pb2, backend_context, get_experiment,
-                                             list_session_groups)
-    mux = pem.EventMultiplexer()
-    mux.AddRunsFromDirectory(logdir)
-    mux.Reload()
-    tb = base_plugin.TBContext(logdir=logdir, multiplexer=mux,
-                               data_provider=data_provider.MultiplexerDataProvider(mux, logdir))
-    ctx = backend_context.Context(tb)
-    req = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=100, allowed_statuses=[
-        api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_RUNNING])
-    groups = list_session_groups.Handler(context.RequestContext(), ctx, "", req).run()
-    exp = get_experiment.Handler(context.RequestContext(), ctx, "",
-                                 api_pb2.GetExperimentRequest()).run()
-    return groups.session_groups, exp
-
-
 def test_hparams_plugin_lists_every_trial(sweep):
+    """TensorBoard's HParams plugin over the sweep's logs: one session per trial with its
+    searched values and, as ``validation ROC AUC``, the value the trial was ranked by
+    (its best epoch's val AUC = the oracle's objective = summary.csv ``val_auc``)."""
     import pandas as pd
     directory, _ = sweep
-    groups, exp = _hparams_sessions(os.path.join(directory, "logs"))
-    assert {h.name for h in exp.hparam_infos} == {"optimizer", "learning_rate", "dropout",
-                                                   "image_size"}
+    groups, exp = hpr.hparams_sessions(os.path.join(directory, "logs"))
+    searched = {"optimizer", "learning_rate", "dropout", "image_size"}
+    assert {h.name for h in exp.hparam_infos} >= searched | {"backbone", "epochs"}
+    assert {h.name for h in exp.hparam_infos if h.differs} == searched
+    names = {m.display_name for m in exp.metric_infos}
+    assert {"validation ROC AUC", "last-epoch validation ROC AUC", "validation loss",
+            "wall time (s)"} <= names
     table = pd.read_csv(os.path.join(directory, "summary.csv"), dtype={"trial_id": str})
     by_trial = {g.name: g for g in groups}
     assert set(by_trial) == set(table["trial_id"])
@@ -338,8 +324,59 @@ def test_hparams_plugin_lists_every_trial(sweep):
         assert g.hparams["optimizer"].string_value == row["optimizer"]
         assert g.hparams["learning_rate"].number_value == pytest.approx(row["learning_rate"],
                                                                         rel=1e-5)
-        vals = {(m.name.group, m.name.tag): m.value for m in g.metric_values}
-        assert vals[("validation", "epoch_auc")] == pytest.approx(row["val_auc"], abs=1e-5)
+        assert g.hparams["backbone"].string_value == "tiny"     # the whole recipe
+        vals = hpr.metric_values(g, exp)
+        assert vals["validation ROC AUC"] == pytest.approx(row["val_auc"], abs=1e-5)
+        assert vals["kept epoch"] == row["best_epoch"]
+        assert vals["wall time (s)"] > 0
+
+
+def test_hparams_trial_metric_is_the_best_epoch_not_the_last(tmp_path):
+    """A trial whose last epoch is worse than its best: ``validation ROC AUC`` is the best
+    epoch's value, the last epoch's has its own name."""
+    from tuning import hypermodel as hm
+    cfg = _base(backbone="tiny", epochs=3)
+    history = [{"epoch": 0, "val_auc": 0.70, "val_loss": 0.6},
+               {"epoch": 1, "val_auc": 0.88, "val_loss": 0.5},
+               {"epoch": 2, "val_auc": 0.85, "val_loss": 0.55}]
+    best = {"epoch": 1, "value": 0.88, "logs": {"val_loss": 0.5, "auc": 0.9}}
+    logdir = str(tmp_path / "logs" / "7")
+    hm.write_hparams_config(str(tmp_path / "logs"), space_lib.load(None, ["dropout=0..0.5"]))
+    hm.write_trial_hparams(logdir, cfg)
+    hm.write_trial_metrics(logdir, cfg, best, history, 12.5)
+    (group,), exp = hpr.hparams_sessions(str(tmp_path / "logs"))
+    vals = hpr.metric_values(group, exp)
+    assert vals["validation ROC AUC"] == pytest.approx(0.88)
+    assert vals["last-epoch validation ROC AUC"] == pytest.approx(0.85)
+    assert vals["validation loss"] == pytest.approx(0.5)
+    assert vals["training ROC AUC"] == pytest.approx(0.9)
+    assert vals["kept epoch"] == 2 and vals["wall time (s)"] == pytest.approx(12.5)
+    assert group.sessions[0].status == 1                 # STATUS_SUCCESS
+
+
+def test_sweep_plot_and_best_dir_in_one_tensorboard_root(sweep):
+    """``sweep.png`` (one panel per searched hyperparameter, also in TensorBoard) and, with
+    ``tensorboard --logdir DIR``, the trials' sessions next to ``best/``'s run session."""
+    import pandas as pd
+    directory, _ = sweep
+    png = os.path.join(directory, "sweep.png")
+    hpr.assert_nontrivial_png(png, min_width=700, min_height=500)
+    assert hpr.tensorboard_images(os.path.join(directory, "logs", "plots")) == ["plots/sweep"]
+    hpr.assert_nontrivial_png(os.path.join(directory, "best", "curves.png"))
+    groups, exp = hpr.hparams_sessions(directory)
+    by_name = {g.name: g for g in groups}
+    table = pd.read_csv(os.path.join(directory, "summary.csv"), dtype={"trial_id": str})
+    assert set(by_name) == {f"logs/{t}" for t in table["trial_id"]} | {"best/logs"}
+    # shown first whichever experiment TensorBoard picks (the sweep's or best/'s)
+    assert {h.name for h in exp.hparam_infos if h.differs} == {"optimizer", "learning_rate",
+                                                               "dropout", "image_size"}
+    with open(os.path.join(directory, "best", "run.json")) as f:
+        run = json.load(f)
+    vals = hpr.metric_values(by_name["best/logs"], exp)
+    assert vals["validation ROC AUC"] == pytest.approx(run["val"]["auc"], abs=1e-6)
+    assert vals["validation ROC AUC per patient"] == pytest.approx(run["val"]["patient_auc"],
+                                                                   abs=1e-6)
+    assert by_name["best/logs"].hparams["optimizer"].string_value == run["flags"]["optimizer"]
 
 
 def test_best_retrain_writes_a_fundus_train_model_dir(sweep, tmp_path):

@@ -9,18 +9,30 @@
 Killed and restarted with the same flags, it resumes from the last finished epoch. The
 model dir holds best.keras, saved_model/, history.csv/json, run.json and logs/
 (``tensorboard --logdir RUNS``). See :mod:`model.training`; the flags are
-:mod:`model.train_config`'s.
+:mod:`model.train_config`'s. One run per model dir at a time: the run holds a lock on
+``--model_dir`` (``.fundus.lock``), and a second run started on it refuses. Ctrl-C (SIGINT)
+stops it with the last finished epoch's state kept in ``backup/``: the same command
+resumes from there.
 
-Exit status: 0 trained; 2 bad flags or inputs (the message names the flag and the fix);
-1 a failure during training.
+Exit status: 0 trained; 2 bad flags or inputs (the message names the flag and the fix:
+e.g. a shard missing or not the size its manifest records, or a --model_dir another run
+holds, named with its pid); 1 a failure during training (a damaged record met while
+reading: the message names the shard; a full disk); 130 interrupted by Ctrl-C (resumable:
+rerun the same command). After a 1 or 130 the model dir keeps ``backup/``.
 """
 from __future__ import annotations
 
 from tools import _common  # noqa: F401  (quiet TF logs first)
 
+import os
+import signal
+import sys
+
 from absl import app, flags
 
-from model import augment, train_config, training
+from model import augment, callbacks, rundir, train_config, training
+from pipeline import fileio, integrity
+from pipeline import lock as lock_lib
 
 FLAGS = flags.FLAGS
 train_config.define_flags(FLAGS)
@@ -29,22 +41,62 @@ flags.adopt_module_key_flags(augment)
 flags.mark_flags_as_required(["data", "model_dir"])
 
 
+#: Exit status of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
+INTERRUPTED = 130
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     with _common.checking_inputs():       # an --augment_* value out of range, a bad flag
         cfg = train_config.config_from_flags(FLAGS)
         cfg.validate()
-    # ConfigError (the --cv checks, the data vs the flags) is bad input: exit 2
-    if FLAGS.cv:
-        summary = training.train_cv(cfg, FLAGS.cv)
-        print(training.format_cv(summary), flush=True)
-    else:
-        training.train(cfg)
+    # ConfigError (the --cv checks, the data vs the flags) and LockedError (another run
+    # holds --model_dir) are bad input: exit 2
+    # Ctrl-C: stop at the end of the running batch (callbacks.StopOnRequest), keeping the
+    # last finished epoch's backup; a second Ctrl-C stops at once
+    stop = callbacks.StopOnRequest()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.request())
+    try:
+        with lock_lib.DirLock(cfg.model_dir, "fundus-train", "--model_dir"):
+            if FLAGS.cv:
+                summary = training.train_cv(cfg, FLAGS.cv, callbacks=[stop])
+                print(training.format_cv(summary), flush=True)
+            else:
+                training.train(cfg, callbacks=[stop])
+    except integrity.DataError as e:       # a damaged record met while training
+        raise _common.RunError(f"{e}; --model_dir={cfg.model_dir} {_kept(cfg.model_dir)}: "
+                               f"rerun the same command once the data is repaired") from e
+    except KeyboardInterrupt:
+        print(f"fundus-train: interrupted (Ctrl-C); --model_dir={cfg.model_dir} "
+              f"{_kept(cfg.model_dir)}: rerun the same command to resume",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
+    except Exception as e:
+        if fileio.out_of_space(e):
+            raise _common.RunError(
+                f"--model_dir={cfg.model_dir}: out of disk space ({type(e).__name__}: "
+                f"{_common.message(e).strip().splitlines()[0]}); "
+                f"it {_kept(cfg.model_dir)}: free space and rerun the same command to "
+                f"resume") from e
+        raise
     return 0
 
 
-run = _common.entry(main, input_errors=(train_config.ConfigError,))
+def _kept(model_dir: str) -> str:
+    """What an interrupted run left in ``model_dir`` to resume from: "keeps ..."."""
+    if FLAGS.cv:
+        return (f"keeps the finished folds and the running fold's last finished epoch "
+                f"(fold_*/{rundir.BACKUP}/)")
+    try:
+        epochs = len(rundir.read_history(os.path.join(model_dir, rundir.HISTORY_CSV)))
+    except (OSError, ValueError, KeyError):     # a row cut short by the interrupt
+        return f"keeps the last finished epoch in {rundir.BACKUP}/"
+    return (f"keeps the last finished epoch in {rundir.BACKUP}/ "
+            f"({epochs} epoch{'s' if epochs != 1 else ''} in {rundir.HISTORY_CSV})")
+
+
+run = _common.entry(main, input_errors=(train_config.ConfigError, lock_lib.LockedError))
 
 if __name__ == "__main__":
     run()

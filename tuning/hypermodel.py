@@ -9,14 +9,15 @@ and overrides) with the searched values written into it by :func:`apply_values`.
   ``model.classifier.build_classifier`` of ``training.classifier_config`` (what ``train``
   builds; keras-tuner calls it inside the ``distribution_strategy`` scope);
 * :meth:`FundusHyperModel.fit`: the training job's own pieces: its input pipeline
-  (``training.build_datasets``), split counts and checks (``training.describe_splits``)
+  (``train_data.build_datasets``), split counts and checks (``train_data.describe_splits``)
   and its two-stage loop (``training.run_stages``: head, then fine-tune the top
   ``fine_tune_fraction``, each stage compiled and run with the job's callbacks).
 
 Per trial it writes, in the keras-tuner trial dir: ``best.keras`` + ``best.json``
 (``SelectBest``, as ``fundus-train``), ``history.csv``, ``config.json`` (the trial's
-TrainConfig); and TensorBoard logs with the trial's hyperparameters (HParams plugin) in
-``logs_root/<trial_id>`` (``train/``, ``validation/``).
+TrainConfig); and TensorBoard logs in ``logs_root/<trial_id>`` (``train/``,
+``validation/``) holding the trial's HParams session (:mod:`model.hparams`: its recipe,
+``validation ROC AUC`` = the best epoch's value reported to the oracle, loss, wall time).
 
 Datasets are built once per input configuration (image size, batch size, and the
 read flags) and kept for the whole sweep in :class:`DatasetCache`; the reader caches the
@@ -33,16 +34,15 @@ import dataclasses
 import math
 import os
 import shutil
+import time
 from typing import Any, Mapping
 
 import keras
 import keras_tuner
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hp_api
 from tensorboard.plugins.hparams import api_pb2
-from tensorboard.plugins.hparams import summary as hp_summary
 
-from model import augment, classifier, precision, rundir, training
+from model import augment, classifier, hparams, precision, rundir, train_data, training
 from model.train_config import TrainConfig
 from pipeline import fileio
 from tuning import space as space_lib
@@ -177,7 +177,7 @@ def _validate_flags(cfg: TrainConfig, where: str) -> None:
 class DatasetCache:
     """The sweep's datasets, built once per input configuration and reused by trials.
 
-    Key: everything ``training.read_config`` reads (image size, batch size, sample
+    Key: everything ``train_data.read_config`` reads (image size, batch size, sample
     weights, age labels, selection, cache settings, seed) plus the validation fold. The
     reader caches decoded images inside each dataset (memory, else ``cache_dir``), so a
     dataset's second and later passes read no JPEG. Datasets belong to ``strategy``.
@@ -190,14 +190,14 @@ class DatasetCache:
 
     @staticmethod
     def key(cfg: TrainConfig, image_size: int) -> tuple:
-        rc = training.read_config(cfg, image_size, True)
+        rc = train_data.read_config(cfg, image_size, True)
         return (os.path.abspath(cfg.data), cfg.val_fold, dataclasses.astuple(rc))
 
     def get(self, cfg: TrainConfig, image_size: int) -> tuple:
         """``(train_ds, val_ds, train_spec, val_spec)`` of ``cfg`` at ``image_size``."""
         k = self.key(cfg, image_size)
         if k not in self._sets:
-            self._sets[k] = training.build_datasets(cfg, self.strategy, image_size)
+            self._sets[k] = train_data.build_datasets(cfg, self.strategy, image_size)
             self.builds += 1
         return self._sets[k]
 
@@ -206,51 +206,31 @@ class DatasetCache:
 
 
 # ------------------------------------------------------------------------- HParams
-def hparams_domains(space: space_lib.SearchSpace) -> dict[str, Any]:
-    """name -> ``tensorboard.plugins.hparams.api.HParam`` with the searched domain."""
-    out = {}
-    for name, p in space.searched.items():
-        if p.kind == "choice":
-            domain = hp_api.Discrete(list(p.values))
-        elif p.kind == "int":
-            domain = hp_api.IntInterval(int(p.min), int(p.max))
-        else:
-            domain = hp_api.RealInterval(float(p.min), float(p.max))
-        out[name] = hp_api.HParam(name, domain)
-    return out
-
-
-HPARAM_METRICS = (("epoch_auc", "validation", "validation ROC AUC"),
-                  ("epoch_loss", "validation", "validation loss"),
-                  ("epoch_auc", "train", "training ROC AUC"))
-
-
 def write_hparams_config(logs_root: str, space: space_lib.SearchSpace) -> None:
-    """The HParams experiment (domains and metrics) at the root of the sweep's logs."""
-    os.makedirs(logs_root, exist_ok=True)
-    metrics = [hp_api.Metric(tag, group=group, display_name=text)
-               for tag, group, text in HPARAM_METRICS]
-    writer = tf.summary.create_file_writer(logs_root)
-    with writer.as_default():
-        hp_api.hparams_config(hparams=list(hparams_domains(space).values()), metrics=metrics)
-    writer.flush()
-    writer.close()
+    """The HParams experiment at the root of the sweep's logs: ``model.hparams``'s one
+    experiment (the same as every ``fundus-train`` run writes, so sweeps and runs share
+    one table), the searched names listed first and marked as differing."""
+    hparams.write_experiment(logs_root, varied=list(space.searched))
 
 
-def write_trial_hparams(logdir: str, values: Mapping[str, Any], trial_id: str,
-                        space: space_lib.SearchSpace) -> None:
-    """The trial's hyperparameter values (session start) in its TensorBoard run dir."""
-    domains = hparams_domains(space)
-    hparams = {domains[n]: _plain(v) for n, v in values.items() if n in domains}
-    writer = tf.summary.create_file_writer(logdir)
-    with writer.as_default():
-        hp_api.hparams(hparams, trial_id=str(trial_id))
-    writer.flush()
-    writer.close()
+def write_trial_hparams(logdir: str, cfg: TrainConfig, start_time: float | None = None
+                        ) -> None:
+    """The trial's session start in its TensorBoard run dir: the recipe of its
+    TrainConfig (``model.hparams.recipe_hparams``; the searched values among them)."""
+    hparams.write_session_start(logdir, hparams.recipe_hparams(cfg), start_time,
+                                experiment=False)
 
 
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
+def write_trial_metrics(logdir: str, cfg: TrainConfig, best: Mapping | None,
+                        history: list[dict], wall_seconds: float) -> None:
+    """The trial's metrics and session end: ``validation ROC AUC`` is the best epoch's
+    value, the objective reported to the oracle (``summary.csv`` ``val_auc``); a trial
+    without a finite epoch ends as failed."""
+    if best is None:
+        hparams.write_session_end(logdir, {}, status=api_pb2.STATUS_FAILURE)
+    else:
+        hparams.write_session_end(
+            logdir, hparams.trial_metrics(cfg, best, history, wall_seconds))
 
 
 # ---------------------------------------------------------------------- HyperModel
@@ -331,7 +311,7 @@ class FundusHyperModel(keras_tuner.HyperModel):
         strategy = self.data().strategy
         train_ds, val_ds, _, _ = self.data().get(cfg, cfg.input_size())
         try:
-            splits = training.describe_splits(cfg)
+            splits = train_data.describe_splits(cfg)
         except ValueError as e:
             raise keras_tuner.errors.FailedTrialError(str(e)) from e
 
@@ -339,12 +319,15 @@ class FundusHyperModel(keras_tuner.HyperModel):
         logdir = os.path.join(self.logs_root, str(trial_id))
         _fresh_trial_outputs(trial_dir, logdir)
         rundir.write_json(os.path.join(trial_dir, CONFIG_JSON), cfg.to_json())
-        write_trial_hparams(logdir, self.values(hp), trial_id, self.space)
+        started = time.time()
+        write_trial_hparams(logdir, cfg, started)
         training.run_stages(model, cfg, strategy, train_ds, val_ds, splits,
                             run_dir=trial_dir, logs_dir=logdir, initial_epoch=initial_epoch,
                             extra_callbacks=callbacks or (), job=f"fundus-tune trial {trial_id}")
-        _write_session_end(logdir)
         best = fileio.read_json(os.path.join(trial_dir, rundir.BEST_JSON))
+        write_trial_metrics(logdir, cfg, best,
+                            rundir.read_history(os.path.join(trial_dir, rundir.HISTORY_CSV)),
+                            time.time() - started)
         if best is None:
             raise keras_tuner.errors.FailedTrialError(
                 f"trial {trial_id}: no epoch gave a finite {cfg.metric_key('auc')} "
@@ -366,13 +349,3 @@ def _fresh_trial_outputs(trial_dir: str, logdir: str) -> None:
         path = os.path.join(trial_dir, name)
         if os.path.exists(path):
             os.remove(path)
-
-
-def _write_session_end(logdir: str) -> None:
-    """Mark the trial's HParams session finished (status success)."""
-    writer = tf.summary.create_file_writer(logdir)
-    with writer.as_default():
-        pb = hp_summary.session_end_pb(api_pb2.STATUS_SUCCESS)
-        tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
-    writer.flush()
-    writer.close()

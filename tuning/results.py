@@ -2,7 +2,8 @@
 
 :func:`summary_rows` reads every trial from the oracle (a worker's ``OracleClient``
 asks the chief) and sorts them by ``val_auc``, failed trials last; :func:`write_summary`
-writes ``DIR/summary.csv`` and :func:`format_summary` the same table as text.
+writes ``DIR/summary.csv`` and ``DIR/sweep.png`` (validation AUC against each searched
+hyperparameter, also in TensorBoard) and :func:`format_summary` the same table as text.
 :func:`export_best` turns the best completed trial into a ``fundus-train`` model dir
 (``DIR/best``) through the training job's own ``training.finish_run`` (``copy``) or
 ``training.train`` (``retrain``), so its ``run.json`` is the record ``fundus-train``
@@ -20,10 +21,12 @@ from typing import Any, Sequence
 
 import keras
 
-from model import distribute, rundir, training
+from model import distribute, plots, rundir, train_data, training
 from pipeline import fileio
+from tuning import space as space_lib
 
 SUMMARY_CSV = "summary.csv"
+SWEEP_PNG = "sweep.png"
 LOGS = "logs"
 BEST_DIR = "best"
 BEST_MODES = ("copy", "retrain", "none")
@@ -83,8 +86,10 @@ def summary_rows(tuner) -> list[dict[str, Any]]:
     return [{"rank": r.pop("rank"), **r} for r in rows]
 
 
-def write_summary(directory: str, rows: Sequence[dict]) -> str:
-    """``DIR/summary.csv`` (atomic); columns are the union of the rows' keys, in order."""
+def write_summary(directory: str, rows: Sequence[dict],
+                  space: space_lib.SearchSpace) -> str:
+    """``DIR/summary.csv`` (atomic; columns are the union of the rows' keys, in order),
+    then ``DIR/sweep.png`` (:func:`write_sweep_plot`). Returns the CSV path."""
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -93,7 +98,21 @@ def write_summary(directory: str, rows: Sequence[dict]) -> str:
     w.writeheader()
     for r in rows:
         w.writerow({k: _fmt(r.get(k)) for k in cols})
-    return fileio.write_text(os.path.join(directory, SUMMARY_CSV), buf.getvalue())
+    path = fileio.write_text(os.path.join(directory, SUMMARY_CSV), buf.getvalue())
+    write_sweep_plot(directory, rows, space)
+    return path
+
+
+def write_sweep_plot(directory: str, rows: Sequence[dict],
+                     space: space_lib.SearchSpace) -> str | None:
+    """``DIR/sweep.png``: each completed trial's ``val_auc`` against every searched
+    hyperparameter of ``space`` (``model.plots.plot_sweep``), also an image in
+    ``DIR/logs/plots``; None when nothing is searched."""
+    searched = {n: p.to_json() for n, p in space.searched.items()}
+    if not searched:
+        return None
+    return plots.write_sweep_plots(os.path.join(directory, SWEEP_PNG), rows, searched,
+                                   os.path.join(directory, LOGS))
 
 
 def _fmt(v):
@@ -170,6 +189,6 @@ def _copy_trial(cfg, trial_dir: str, out: str, tuning_info: dict) -> dict:
     if os.path.isdir(logs):
         shutil.copytree(logs, os.path.join(out, rundir.LOGS))
     return training.finish_run(
-        cfg, out, training.describe_splits(cfg),
+        cfg, out, train_data.describe_splits(cfg),
         strategy=distribute.make_strategy(cfg.strategy),
         policy=keras.mixed_precision.global_policy().name, extra={"tuning": tuning_info})

@@ -375,7 +375,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, space: space_lib.SearchSpac
     if who == "worker":
         return result
     rows = results.summary_rows(tuner)
-    results.write_summary(sweep.directory, rows)
+    results.write_summary(sweep.directory, rows, space)
     result["rows"] = rows
     if verbose:
         print(results.format_summary(rows), flush=True)
