@@ -217,18 +217,31 @@ class StopOnRequest(keras.callbacks.Callback):
     (``fundus-train``'s Ctrl-C handler calls it): raises ``KeyboardInterrupt`` from the
     batch-end hook, a plain Python frame, so nothing inside TensorFlow can swallow it.
     The epoch in progress is lost; the last finished epoch's ``BackupAndRestore`` state
-    stays, and the same command resumes from it. A second :meth:`request` (Ctrl-C
-    pressed again) raises at once."""
+    stays, and the same command resumes from it. Outside a fit (start-up, the prefix
+    cache, between stages, the final validation and export) and on a second request
+    (Ctrl-C pressed again) :meth:`request` raises at once."""
 
-    def __init__(self):
+    def __init__(self, say=None):
         super().__init__()
         self.requested = False
+        self.fitting = False
+        self.say = say          # callable(str) telling the user what happens, or None
 
     def request(self) -> None:
-        """Ask the running fit to stop after this batch (raise now when asked twice)."""
-        if self.requested:
+        """Ask the running fit to stop after this batch (raise now outside a fit or when
+        asked twice)."""
+        if self.requested or not self.fitting:
             raise KeyboardInterrupt
         self.requested = True
+        if self.say:
+            self.say("stopping after this batch (the last finished epoch is backed up); "
+                     "Ctrl-C again to stop at once")
+
+    def on_train_begin(self, logs=None):
+        self.fitting = True
+
+    def on_train_end(self, logs=None):
+        self.fitting = False
 
     def on_train_batch_end(self, batch, logs=None):
         if self.requested:

@@ -258,9 +258,12 @@ def evaluate(model_paths: str | Iterable[str] | None, data_dir: str, split: str 
         members = model_io.load_models(model_paths)
     tta = model_io.resolve_tta(tta, members)
     man = manifest_lib.load(data_dir)
-    # the shards this reads are there at their recorded sizes (else ShardError: bad input)
-    manifest_lib.check_shards(data_dir, ("train", "val") if split == OOF else (split, "val"),
-                              man)
+    # the shards this reads are there at their recorded sizes (else ShardError: bad input):
+    # the split, and the validation records of the Youden threshold (with folds: each
+    # member's own fold, in train + val)
+    folded = int(man.get("folds") or 0) >= 2
+    reads = {split, "val"} | ({"train"} if folded or split == OOF else set())
+    manifest_lib.check_shards(data_dir, tuple(sorted(reads - {OOF})), man)
     if split == OOF:
         frame = out_of_fold_predictions(members, data_dir, batch_size=batch_size, tta=tta,
                                         progress=progress)

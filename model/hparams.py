@@ -54,9 +54,14 @@ class Metric:
 
 METRICS = (
     Metric("hparams/validation_roc_auc", "validation ROC AUC",
-           "The value the session was ranked or kept by: trial: best epoch's Keras val AUC "
-           "(the tuner's objective); run: exact per-image AUC of the kept model (run.json "
-           "val.auc); CV: mean over the folds (cv.json auc.mean)."),
+           "The value the session was ranked or kept by, the same for trials and runs: "
+           "the kept epoch's Keras validation AUC (1000 thresholds; best.json value: a "
+           "trial's best epoch = the tuner's objective = summary.csv val_auc; a run's "
+           "kept epoch, best or last by --select); CV: mean over the folds."),
+    Metric("hparams/validation_exact_roc_auc", "validation ROC AUC, exact",
+           "Exact per-image AUC of the kept model file (run.json val.auc; with --tta, "
+           "and after --swa_epochs averaging); CV: mean over the folds (cv.json "
+           "auc.mean)."),
     Metric("hparams/validation_patient_roc_auc", "validation ROC AUC per patient",
            "Exact AUC of the kept model on the mean of a patient's eyes (runs; CV: mean "
            "over the folds)."),
@@ -253,12 +258,15 @@ def trial_metrics(cfg: TrainConfig, best: Mapping, history: list[dict],
 
 
 def run_metrics(cfg: TrainConfig, record: Mapping, history: list[dict]) -> dict[str, float]:
-    """A run's metrics from its record (``run.json``): ``val.auc``, ``val.patient_auc``,
-    ``wall_seconds``, and :func:`kept_metrics` of its ``best``."""
+    """A run's metrics from its record (``run.json``): ``validation ROC AUC`` = the kept
+    epoch's value (``best.value``, what the run was kept by, as a trial's), the exact
+    ``val.auc`` and ``val.patient_auc``, ``wall_seconds``, and :func:`kept_metrics` of its
+    ``best``."""
     val = record.get("val") or {}
     best = dict(record.get("best") or {})
     best["epoch"] = int(best.get("epoch", 0)) - 1          # the record's epoch is 1-based
-    return {VAL_AUC: _num(val.get("auc")),
+    return {VAL_AUC: _num(best.get("value")),
+            TAGS["validation ROC AUC, exact"]: _num(val.get("auc")),
             TAGS["validation ROC AUC per patient"]: _num(val.get("patient_auc")),
             **kept_metrics(cfg, best, history),
             TAGS["wall time (s)"]: _num(record.get("wall_seconds"))}
@@ -272,7 +280,8 @@ def cv_metrics(summary: Mapping, records: list[Mapping]) -> dict[str, float]:
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
     walls = [_num(r.get("wall_seconds")) for r in records]
-    return {VAL_AUC: _num(summary["auc"]["mean"]),
+    return {VAL_AUC: mean(_num((r.get("best") or {}).get("value")) for r in records),
+            TAGS["validation ROC AUC, exact"]: _num(summary["auc"]["mean"]),
             TAGS["validation ROC AUC per patient"]: _num(summary["patient_auc"]["mean"]),
             TAGS["out-of-fold ROC AUC"]: _num((summary.get("oof") or {}).get("auc")),
             TAGS["validation loss"]: mean(_num((r.get("best") or {}).get("logs", {})

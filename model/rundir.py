@@ -147,7 +147,8 @@ def prepare_model_dir(model_dir: str, flags: dict, overwrite: bool) -> bool:
     if overwrite:
         for name in (BACKUP, LOGS, SAVED_MODEL):
             shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
-        for name in (RUN_JSON, BEST_MODEL, BEST_JSON, HISTORY_CSV, HISTORY_JSON):
+        for name in (RUN_JSON, BEST_MODEL, BEST_JSON, HISTORY_CSV, HISTORY_JSON, CURVES_PNG,
+                     VAL_PREDICTIONS):
             path = os.path.join(model_dir, name)
             if os.path.exists(path):
                 os.remove(path)

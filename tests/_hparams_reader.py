@@ -2,6 +2,7 @@
 reader (``plugin_event_multiplexer``) and the plugin's request handlers."""
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 from tensorboard import context
 from tensorboard.backend.event_processing import data_provider
@@ -46,13 +47,26 @@ def tensorboard_images(run_dir: str) -> list[str]:
                   if acc.SummaryMetadata(t).plugin_data.plugin_name == "images")
 
 
-def assert_nontrivial_png(path: str, min_width: int = 600, min_height: int = 300) -> None:
+# matplotlib's default colour cycle: the data of every plot is drawn in these
+DATA_COLOURS = {"C0": (31, 119, 180), "C1": (255, 127, 14), "C2": (44, 160, 44),
+                "C3": (214, 39, 40)}
+
+
+def assert_nontrivial_png(path: str, min_width: int = 600, min_height: int = 300,
+                          data: tuple[str, ...] = ("C0",), min_data_pixels: int = 40) -> None:
     """``path`` is a PNG at least ``min_width`` x ``min_height`` px with at least two
-    colours in bulk (each over 1% of the pixels) and no colour over 97% of them."""
+    colours in bulk (each over 1% of the pixels), no colour over 97% of them, and data
+    drawn: at least ``min_data_pixels`` pixels of each colour in ``data`` (matplotlib's
+    ``C0``... within a distance of 40 in RGB), which a plot of an empty history, fold list
+    or trial table (axes, grid and labels only) does not have."""
     with Image.open(path) as img:
         assert img.format == "PNG", path
         assert img.width >= min_width and img.height >= min_height, (path, img.size)
+        rgb = np.asarray(img.convert("RGB"), dtype=np.int32)
         colours = img.convert("RGB").getcolors(maxcolors=1 << 24)
     n = sum(c for c, _ in colours)
     bulk = [c for c, _ in colours if c > 0.01 * n]
     assert len(bulk) >= 2 and max(bulk) < 0.97 * n, (path, sorted(bulk)[-3:], n)
+    for name in data:
+        near = np.abs(rgb - np.array(DATA_COLOURS[name])).sum(axis=-1) <= 40
+        assert int(near.sum()) >= min_data_pixels, (path, name, int(near.sum()))

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import _hparams_reader as hpr
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,3 +29,5 @@ def test_demo_reaches_validation_auc_above_0_9(tmp_path):
     metrics = json.load(open(workdir / "eval" / "metrics.json"))
     assert metrics["split"] == "test" and metrics["image"]["auc"] > 0.8
     assert os.listdir(workdir / "model" / "logs" / "train")
+    hpr.assert_nontrivial_png(str(workdir / "model" / "curves.png"), min_width=1000,
+                              min_height=400, data=("C0", "C1"))

@@ -27,7 +27,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from model import evaluation, rundir, train_config, training
+from model import callbacks, evaluation, rundir, train_config, training
 from pipeline import integrity, lock as lock_lib
 from pipeline import manifest as manifest_lib
 from pipeline import writer
@@ -215,6 +215,14 @@ def test_damaged_record_in_evaluation_names_the_shard(tiny_data, tmp_path):
         evaluation.evaluate(members_dir, data, "test", None, bootstrap=0, progress=False)
     assert bad in str(e.value) and "DataLossError" in str(e.value)
     assert f"fundus-convert --verify={data}" in str(e.value)
+    # the job: exit 1, one message line naming the shard, no traceback, no output
+    out = tmp_path / "eval"
+    r = _job("evaluate", [f"--data={data}", f"--model={members_dir}", f"--output={out}",
+                          "--bootstrap=0", "--noprogress"])
+    assert r.returncode == 1, r.stderr[-3000:]
+    lines = [x for x in r.stderr.splitlines() if x.startswith("fundus-evaluate: error:")]
+    assert len(lines) == 1 and bad in lines[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
 
 
 def test_read_errors_of_sound_data_pass_through(tiny_data):
@@ -330,6 +338,8 @@ def test_disk_full_during_conversion_keeps_finished_shards(synth, tmp_path, monk
                                output=str(out), image_size=64, workers=1, progress=False)
 
     def die(name):
+        # the conversion holds --output's lock while it writes
+        assert lock_lib.holder(str(out)) == f"pid {os.getpid()} (fundus-convert)"
         raise _Killed(name)
     monkeypatch.setattr(writer, "_after_shard", die)
     with pytest.raises(_Killed):                   # an earlier run, killed after 1 shard
@@ -394,6 +404,8 @@ def test_ctrl_c_keeps_the_backup_and_the_same_command_resumes(tiny_data, tmp_pat
         while not meta.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)                  # the first epoch's backup is complete
         assert proc.poll() is None, proc.communicate()[1][-3000:]
+        # the running job holds --model_dir's lock for the whole run
+        assert lock_lib.holder(str(model_dir)) == f"pid {proc.pid} (fundus-train)"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -416,3 +428,19 @@ def test_ctrl_c_keeps_the_backup_and_the_same_command_resumes(tiny_data, tmp_pat
     assert [r["epoch"] for r in rundir.read_history(str(model_dir / "history.csv"))] == \
         list(range(8))
     assert json.load(open(model_dir / "run.json"))["resumed"] is True
+
+
+def test_stop_on_request_stops_after_the_batch_or_at_once():
+    """Ctrl-C's callback: during a fit the first request waits for the batch's end (and
+    says so), a second raises at once; outside a fit a request raises at once."""
+    said = []
+    stop = callbacks.StopOnRequest(say=said.append)
+    with pytest.raises(KeyboardInterrupt):                 # not fitting: at once
+        stop.request()
+    stop.on_train_begin()
+    stop.request()                                         # fitting: after this batch
+    assert stop.requested and said and "after this batch" in said[0]
+    with pytest.raises(KeyboardInterrupt):
+        stop.on_train_batch_end(0)
+    with pytest.raises(KeyboardInterrupt):                 # pressed again: at once
+        stop.request()

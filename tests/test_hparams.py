@@ -59,8 +59,11 @@ def test_sessions_of_several_dirs_under_one_root_do_not_clash(tmp_path):
     for name, auc in (("a", 0.81), ("b", 0.66)):
         cfg = _cfg(model_dir=str(tmp_path / name))
         logs = str(tmp_path / name / "logs")
-        hparams.write_run_session(cfg, logs, {**record, "val": {"auc": 0.5}}, history)
-        hparams.write_run_session(cfg, logs, {**record, "val": {"auc": auc}}, history)
+        first = {**record, "val": {"auc": 0.5}, "best": {**record["best"], "value": 0.5}}
+        hparams.write_run_session(cfg, logs, first, history)
+        hparams.write_run_session(cfg, logs, {**record, "val": {"auc": auc},
+                                              "best": {**record["best"], "value": auc - 0.01}},
+                                  history)
         assert len([f for f in os.listdir(logs) if f.endswith(hparams.SUFFIX)]) == 2
     hparams.write_experiment(str(tmp_path / "sweep" / "logs"), varied=["dropout"])
     hparams.write_session_start(str(tmp_path / "sweep" / "logs" / "0"),
@@ -70,8 +73,10 @@ def test_sessions_of_several_dirs_under_one_root_do_not_clash(tmp_path):
     assert set(by_name) == {"a/logs", "b/logs", "sweep/logs/0"}
     assert all(len(g.sessions) == 1 for g in groups)
     a, b = (hpr.metric_values(by_name[n], exp) for n in ("a/logs", "b/logs"))
-    assert a["validation ROC AUC"] == pytest.approx(0.81)
-    assert b["validation ROC AUC"] == pytest.approx(0.66)
+    assert a["validation ROC AUC"] == pytest.approx(0.80)          # best.value: kept by
+    assert b["validation ROC AUC"] == pytest.approx(0.65)
+    assert a["validation ROC AUC, exact"] == pytest.approx(0.81)   # val.auc
+    assert b["validation ROC AUC, exact"] == pytest.approx(0.66)
     assert a["last-epoch validation ROC AUC"] == pytest.approx(0.75)
     assert a["kept epoch"] == 2 and a["wall time (s)"] == pytest.approx(60.0)
     assert a["validation loss"] == pytest.approx(0.5)
@@ -82,10 +87,12 @@ def test_sessions_of_several_dirs_under_one_root_do_not_clash(tmp_path):
 def test_cv_metrics_mean_oof_and_wall_time():
     summary = {"auc": {"mean": 0.8, "sd": 0.1}, "patient_auc": {"mean": 0.85, "sd": 0.1},
                "oof": {"auc": 0.78}}
-    records = [{"wall_seconds": 10.0, "best": {"logs": {"val_loss": 0.4}}},
-               {"wall_seconds": 20.0, "best": {"logs": {"val_loss": 0.6}}}]
+    records = [{"wall_seconds": 10.0, "best": {"value": 0.7, "logs": {"val_loss": 0.4}}},
+               {"wall_seconds": 20.0, "best": {"value": 0.9, "logs": {"val_loss": 0.6}}}]
     m = hparams.cv_metrics(summary, records)
-    assert m[hparams.VAL_AUC] == 0.8 and m[hparams.TAGS["out-of-fold ROC AUC"]] == 0.78
+    assert m[hparams.VAL_AUC] == pytest.approx(0.8)          # mean of the folds' kept values
+    assert m[hparams.TAGS["validation ROC AUC, exact"]] == 0.8
+    assert m[hparams.TAGS["out-of-fold ROC AUC"]] == 0.78
     assert m[hparams.TAGS["validation loss"]] == pytest.approx(0.5)
     assert m[hparams.TAGS["wall time (s)"]] == 30.0
     m = hparams.cv_metrics({**summary, "oof": None}, records[:1] + [{}])

@@ -31,7 +31,15 @@ def _history(n: int, gap: int | None = None) -> list[dict]:
 def test_curves(tmp_path, n, stages, kept, label):
     path = plots.plot_curves(_history(n, gap=1 if n > 2 else None), str(tmp_path / "c.png"),
                              stages=stages, kept_epoch=kept, kept_label=label, title="t")
-    hpr.assert_nontrivial_png(path, min_width=1000, min_height=400)
+    hpr.assert_nontrivial_png(path, min_width=1000, min_height=400, data=("C0", "C1"))
+
+
+def test_the_png_check_fails_on_plots_without_data(tmp_path):
+    """The non-trivial check must tell a plot with data from axes, grid and labels only."""
+    empty = plots.plot_curves([], str(tmp_path / "empty.png"), stages=[], kept_epoch=None,
+                              kept_label="", title="t")
+    with pytest.raises(AssertionError):
+        hpr.assert_nontrivial_png(empty, min_width=1000, min_height=400)
 
 
 def test_kept_label():
@@ -86,11 +94,13 @@ def test_sweep(tmp_path):
                  "optimizer": "adam", "learning_rate": 1e-3, "warmup_epochs": 1,
                  "image_size": 224})
     path = plots.plot_sweep(rows, params, str(tmp_path / "sweep.png"))
-    hpr.assert_nontrivial_png(path, min_width=700, min_height=500)
+    hpr.assert_nontrivial_png(path, min_width=700, min_height=500, data=("C3",))  # best: a star
     # no completed trial yet: empty panels, still a readable figure
     path = plots.plot_sweep(rows[-1:], {"dropout": {"min": 0, "max": 0.5}},
                             str(tmp_path / "empty.png"))
-    hpr.assert_nontrivial_png(path, min_width=300, min_height=300)
+    hpr.assert_nontrivial_png(path, min_width=300, min_height=300, data=())
+    with pytest.raises(AssertionError):                       # and no data drawn
+        hpr.assert_nontrivial_png(path, min_width=300, min_height=300, data=("C3",))
 
 
 def test_plots_go_to_tensorboard(tmp_path):

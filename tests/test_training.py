@@ -292,11 +292,13 @@ def test_run_outputs(resumed_run):
 def test_run_curves_predictions_and_hparams_session(resumed_run):
     """finish_run's extras: ``curves.png`` (also a TensorBoard image), the kept model's
     ``val_predictions.csv`` (its exact AUC is run.json's) and the run's HParams session,
-    whose ``validation ROC AUC`` is run.json ``val.auc``."""
+    whose ``validation ROC AUC`` is the kept epoch's value (run.json ``best.value``, what
+    the run was kept by, as a trial's) and ``validation ROC AUC, exact`` ``val.auc``."""
     import pandas as pd
     from model import metrics as metrics_lib
     d, run = resumed_run["dir"], resumed_run["run"]
-    hpr.assert_nontrivial_png(os.path.join(d, "curves.png"), min_width=1000, min_height=400)
+    hpr.assert_nontrivial_png(os.path.join(d, "curves.png"), min_width=1000, min_height=400,
+                              data=("C0", "C1"))
     assert hpr.tensorboard_images(os.path.join(d, "logs", "plots")) == ["plots/curves"]
     pred = pd.read_csv(os.path.join(d, "val_predictions.csv"), dtype={"patient_id": str})
     assert len(pred) == run["val"]["images"]
@@ -304,7 +306,8 @@ def test_run_curves_predictions_and_hparams_session(resumed_run):
         run["val"]["auc"])
     (group,), exp = hpr.hparams_sessions(os.path.join(d, "logs"))
     vals = hpr.metric_values(group, exp)
-    assert vals["validation ROC AUC"] == pytest.approx(run["val"]["auc"], abs=1e-6)
+    assert vals["validation ROC AUC"] == pytest.approx(run["best"]["value"], abs=1e-6)
+    assert vals["validation ROC AUC, exact"] == pytest.approx(run["val"]["auc"], abs=1e-6)
     assert vals["validation ROC AUC per patient"] == pytest.approx(run["val"]["patient_auc"],
                                                                    abs=1e-6)
     assert vals["kept epoch"] == run["best"]["epoch"]
@@ -444,10 +447,14 @@ def test_cross_validation_writes_every_fold_and_cv_json(tiny_fold_data, tmp_path
     for i, f in enumerate(on_disk["folds"]):
         g = by_name[f"cv/fold_{i}/logs"]
         assert g.hparams["val_fold"].number_value == i
-        assert hpr.metric_values(g, exp)["validation ROC AUC"] == pytest.approx(f["auc"])
+        fold_run = rundir.read_run_record(str(tmp_path / "cv" / f"fold_{i}"))
+        assert hpr.metric_values(g, exp)["validation ROC AUC"] == pytest.approx(
+            fold_run["best"]["value"])
+        assert hpr.metric_values(g, exp)["validation ROC AUC, exact"] == pytest.approx(
+            f["auc"])
     cv_vals = hpr.metric_values(by_name["cv/logs"], exp)
     assert by_name["cv/logs"].hparams["cv"].number_value == 3
-    assert cv_vals["validation ROC AUC"] == pytest.approx(on_disk["auc"]["mean"])
+    assert cv_vals["validation ROC AUC, exact"] == pytest.approx(on_disk["auc"]["mean"])
     assert cv_vals["out-of-fold ROC AUC"] == pytest.approx(oof["auc"])
-    assert hpr.metric_values(by_name["run/logs"], exp)["validation ROC AUC"] == \
+    assert hpr.metric_values(by_name["run/logs"], exp)["validation ROC AUC, exact"] == \
         pytest.approx(resumed_run["run"]["val"]["auc"])

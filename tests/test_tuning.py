@@ -360,9 +360,9 @@ def test_sweep_plot_and_best_dir_in_one_tensorboard_root(sweep):
     import pandas as pd
     directory, _ = sweep
     png = os.path.join(directory, "sweep.png")
-    hpr.assert_nontrivial_png(png, min_width=700, min_height=500)
+    hpr.assert_nontrivial_png(png, min_width=700, min_height=500, data=("C3",))
     assert hpr.tensorboard_images(os.path.join(directory, "logs", "plots")) == ["plots/sweep"]
-    hpr.assert_nontrivial_png(os.path.join(directory, "best", "curves.png"))
+    hpr.assert_nontrivial_png(os.path.join(directory, "best", "curves.png"), data=("C0", "C1"))
     groups, exp = hpr.hparams_sessions(directory)
     by_name = {g.name: g for g in groups}
     table = pd.read_csv(os.path.join(directory, "summary.csv"), dtype={"trial_id": str})
@@ -373,7 +373,10 @@ def test_sweep_plot_and_best_dir_in_one_tensorboard_root(sweep):
     with open(os.path.join(directory, "best", "run.json")) as f:
         run = json.load(f)
     vals = hpr.metric_values(by_name["best/logs"], exp)
-    assert vals["validation ROC AUC"] == pytest.approx(run["val"]["auc"], abs=1e-6)
+    # best/ was kept by the trial's best epoch: the same value as the trial's row
+    assert vals["validation ROC AUC"] == pytest.approx(run["best"]["value"], abs=1e-6)
+    assert vals["validation ROC AUC"] == pytest.approx(table["val_auc"].iloc[0], abs=1e-5)
+    assert vals["validation ROC AUC, exact"] == pytest.approx(run["val"]["auc"], abs=1e-6)
     assert vals["validation ROC AUC per patient"] == pytest.approx(run["val"]["patient_auc"],
                                                                    abs=1e-6)
     assert by_name["best/logs"].hparams["optimizer"].string_value == run["flags"]["optimizer"]
