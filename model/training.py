@@ -38,17 +38,17 @@ import os
 import shutil
 import time
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
 
 from model import callbacks as callbacks_lib
-from model import classifier, distribute, eval_metrics, evaluation, export, optim, precision
+from model import classifier, cv_summary, distribute, evaluation, export, optim
 from model import head_init as head_init_lib
 from model import io as model_io
 from model import metrics as metrics_lib
-from model import hparams, plots, prefix_cache, rundir, train_data
+from model import hparams, plots, precision, prefix_cache, rundir, train_data
 from model.train_config import ConfigError, TrainConfig
 from pipeline import fileio, integrity, progress, reader
 from pipeline import manifest as manifest_lib
@@ -388,67 +388,24 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
 # ================================================================================ CV
 def train_cv(cfg: TrainConfig, k: int, callbacks: Sequence | None = None) -> dict:
     """``--cv=K``: train fold i (``--val_fold=i``) into ``model_dir/fold_i`` for every i,
-    skipping folds that already finished, then write ``model_dir/cv.json`` with the
-    per-fold and mean ± sd (sample sd) validation AUC per image and per patient and the
-    pooled out-of-fold AUC (``oof``, patient-bootstrap CI), the CV's HParams session in
-    ``model_dir/logs`` and ``model_dir/cv.png``. ``callbacks``: extra Keras callbacks of
-    every fold (as :func:`train`'s)."""
-    if k < 2:
-        raise ConfigError(f"--cv={k}: must be >= 2 (or 0 for a single run)")
-    if cfg.val_fold is not None:
-        raise ConfigError("--cv and --val_fold exclude each other; pass one")
-    try:
-        cfg.validate()
-    except (ValueError, FileNotFoundError) as e:
-        raise ConfigError(str(e)) from e
-    folds = int(manifest_lib.load(cfg.data).get("folds", 0) or 0)
-    if folds != k:
-        raise ConfigError(f"--cv={k}: {manifest_lib.manifest_path(cfg.data)} has "
-                          f"{folds or 'no'} folds; convert with --folds={k} or pass "
-                          f"--cv={folds}")
+    skipping folds that already finished, then write the CV summary
+    (:func:`model.cv_summary.write_cv_summary`: ``cv.json`` with the per-fold and
+    mean ± sd validation AUC per image and per patient and the pooled out-of-fold AUC,
+    the CV's HParams session in ``model_dir/logs``, ``model_dir/cv.png``); returns it.
+    ``callbacks``: extra Keras callbacks of every fold (as :func:`train`'s)."""
+    cv_summary.check_cv(cfg, k)
     os.makedirs(cfg.model_dir, exist_ok=True)
-    monitor = cfg.metric_key("auc")     # per-image val AUC column of history.csv
-    per_fold = []
     clock = progress.RunClock(k * cfg.epochs)   # the whole CV, in epochs
     for i in range(k):
-        fold_dir = os.path.join(cfg.model_dir, f"fold_{i}")
-        run = rundir.read_run_record(fold_dir)
-        if not run or cfg.overwrite:
+        fold_dir = cv_summary.fold_dir(cfg.model_dir, i)
+        if not rundir.read_run_record(fold_dir) or cfg.overwrite:
             if cfg.verbose:
                 print(f"[fundus-train] fold {i + 1}/{k} (fold_{i}): "
                       f"{clock.status(i * cfg.epochs)}", flush=True)
-            run = train(dataclasses.replace(cfg, model_dir=fold_dir, val_fold=i),
-                        callbacks=callbacks,
-                        clock=(clock, float(i * cfg.epochs)))  # stage lines report the CV
-        history = rundir.read_history(os.path.join(fold_dir, rundir.HISTORY_CSV))
-        per_fold.append({"fold": i, "model_dir": f"fold_{i}", "auc": run["val"]["auc"],
-                         "patient_auc": run["val"]["patient_auc"],
-                         "best_epoch": run["best"]["epoch"],
-                         "val_images": run["val"]["images"],
-                         "val_patients": run["val"]["patients"],
-                         "val_auc_by_epoch": [r[monitor] for r in history
-                                              if isinstance(r.get(monitor), float)]})
-    summary: dict[str, Any] = {"k": k, "select": cfg.select, "swa_epochs": cfg.swa_epochs,
-                               "tta": cfg.tta, "folds": per_fold,
-                               "manifest_sha256": manifest_lib.manifest_sha256(cfg.data)}
-    curves = [f["val_auc_by_epoch"] for f in per_fold]
-    n = min(len(c) for c in curves)
-    # the learning curve: mean over folds of the per-image val AUC after each epoch
-    summary["val_auc_by_epoch_mean"] = [float(np.mean([c[e] for c in curves]))
-                                        for e in range(n)]
-    for key in ("auc", "patient_auc"):
-        v = np.array([f[key] for f in per_fold], np.float64)
-        summary[key] = {"mean": float(v.mean()),
-                        "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-    # pooled out-of-fold AUC (each fold's val_predictions.csv) with a patient-bootstrap CI
-    fold_dirs = [os.path.join(cfg.model_dir, f["model_dir"]) for f in per_fold]
-    summary["oof"] = eval_metrics.pooled_oof(fold_dirs, seed=cfg.seed)
-    rundir.write_json(os.path.join(cfg.model_dir, rundir.CV_JSON), summary)
-    logs_dir = os.path.join(cfg.model_dir, rundir.LOGS)   # the CV's HParams session, cv.png
-    hparams.write_cv_session(cfg, logs_dir, k, summary,
-                             [rundir.read_run_record(d) for d in fold_dirs])
-    plots.write_cv_plots(cfg.model_dir, summary, logs_dir)
-    return summary
+            train(dataclasses.replace(cfg, model_dir=fold_dir, val_fold=i),
+                  callbacks=callbacks,
+                  clock=(clock, float(i * cfg.epochs)))  # stage lines report the CV
+    return cv_summary.write_cv_summary(cfg, k)
 
 
 def format_cv(summary: dict) -> str:

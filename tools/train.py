@@ -6,6 +6,10 @@
 
     fundus-train --data=DATA5 --model_dir=RUNS/cv --cv=5        # every fold, cv.json
 
+    # or one fold per machine, then the CV summary from the copied fold dirs:
+    fundus-train --data=DATA5 --model_dir=RUNS/cv/fold_2 --val_fold=2     # machine 3
+    fundus-train --data=DATA5 --model_dir=RUNS/cv --cv=5 --collect      # cv.json, cv.png
+
 Killed and restarted with the same flags, it resumes from the last finished epoch. The
 model dir holds best.keras, saved_model/, history.csv/json, run.json and logs/
 (``tensorboard --logdir RUNS``). See :mod:`model.training`; the flags are
@@ -16,9 +20,11 @@ resumes from there.
 
 Exit status: 0 trained; 2 bad flags or inputs (the message names the flag and the fix:
 e.g. a shard missing or not the size its manifest records, or a --model_dir another run
-holds, named with its pid); 1 a failure during training (a damaged record met while
-reading: the message names the shard; a full disk); 130 interrupted by Ctrl-C (resumable:
-rerun the same command). After a 1 or 130 the model dir keeps ``backup/``.
+holds, named with its pid; with --collect, a fold dir missing or unfinished, or trained
+with other flags or data than the others: the message names the dirs and the flags); 1 a
+failure during training (a damaged record met while reading: the message names the
+shard; a full disk); 130 interrupted by Ctrl-C (resumable: rerun the same command). After
+a 1 or 130 the model dir keeps ``backup/``.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import sys
 
 from absl import app, flags
 
-from model import augment, callbacks, rundir, train_config, training
+from model import augment, callbacks, cv_summary, rundir, train_config, training
 from pipeline import fileio, integrity
 from pipeline import lock as lock_lib
 
@@ -39,6 +45,11 @@ train_config.define_flags(FLAGS)
 flags.adopt_module_key_flags(train_config)   # --helpshort lists the training flags
 flags.adopt_module_key_flags(augment)
 flags.mark_flags_as_required(["data", "model_dir"])
+flags.DEFINE_bool("collect", False, "With --cv=K: train nothing; write cv.json, cv.png and the "
+                  "CV's HParams session from the finished model_dir/fold_0..K-1, each trained "
+                  "by its own --val_fold=i --model_dir=model_dir/fold_i job (e.g. one per "
+                  "machine). Refuses a missing or unfinished fold and folds trained with "
+                  "different flags or data.")
 
 
 #: Exit status of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
@@ -51,15 +62,20 @@ def main(argv: list[str]) -> int:
     with _common.checking_inputs():       # an --augment_* value out of range, a bad flag
         cfg = train_config.config_from_flags(FLAGS)
         cfg.validate()
+        if FLAGS.collect and not FLAGS.cv:
+            raise app.UsageError("--collect needs --cv=K: the number of folds to collect")
     # ConfigError (the --cv checks, the data vs the flags) and LockedError (another run
     # holds --model_dir) are bad input: exit 2
     # Ctrl-C: stop at the end of the running batch (callbacks.StopOnRequest), keeping the
-    # last finished epoch's backup; a second Ctrl-C stops at once
-    stop = callbacks.StopOnRequest()
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.request())
+    # last finished epoch's backup; outside a fit, or a second Ctrl-C: at once
+    stop = callbacks.StopOnRequest(
+        say=lambda text: print(f"fundus-train: {text}", file=sys.stderr, flush=True))
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.request())
     try:
         with lock_lib.DirLock(cfg.model_dir, "fundus-train", "--model_dir"):
-            if FLAGS.cv:
+            if FLAGS.collect:
+                print(training.format_cv(cv_summary.collect_cv(cfg, FLAGS.cv)), flush=True)
+            elif FLAGS.cv:
                 summary = training.train_cv(cfg, FLAGS.cv, callbacks=[stop])
                 print(training.format_cv(summary), flush=True)
             else:
@@ -80,6 +96,8 @@ def main(argv: list[str]) -> int:
                 f"it {_kept(cfg.model_dir)}: free space and rerun the same command to "
                 f"resume") from e
         raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 
