@@ -40,13 +40,18 @@ def test_job_import_prints_no_tensorflow_noise():
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = ("convert", "synth", "bench", "train", "tune", "demo", "evaluate", "predict",
-        "export", "explain")
+        "export", "explain", "gpu_check")
+
+
+def command(job: str) -> str:
+    """The console script of a job module (``gpu_check`` -> ``fundus-gpu-check``)."""
+    return "fundus-" + job.replace("_", "-")
 
 
 def test_every_job_is_a_console_script_and_every_script_a_job():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert scripts == {f"fundus-{j}": f"tools.{j}:run" for j in JOBS}
+    assert scripts == {command(j): f"tools.{j}:run" for j in JOBS}
     files = {n[:-3] for n in os.listdir(os.path.join(ROOT, "tools"))
              if n.endswith(".py") and not n.startswith("_")}
     assert files == set(JOBS)
@@ -58,7 +63,7 @@ def test_job_module_follows_the_pattern(job):
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), path)
     doc = ast.get_docstring(tree) or ""
-    assert doc.startswith(f"fundus-{job}:") and "Exit status:" in doc, job
+    assert doc.startswith(f"{command(job)}:") and "Exit status:" in doc, job
     mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
     assert len(mains) == 1 and len(mains[0].args.args) == 1, job
     assert ast.unparse(mains[0].returns) == "int", job
@@ -89,12 +94,14 @@ def _bad_invocation(job: str, tmp) -> list[str]:
         "predict": [f"--model={missing}", f"--output={tmp / 'out'}", "photo.jpg"],
         "export": [f"--model={missing}", f"--output={tmp / 'out'}"],
         "explain": [f"--model={missing}", f"--output={tmp / 'out'}"],
+        "gpu_check": ["--cpu_smoke", f"--data={missing}", f"--output={tmp / 'out'}"],
     }[job]
 
 
 NAMED = {"convert": "--images", "synth": "--min_width=500", "bench": "missing",
          "train": "--data=", "tune": "--data=", "demo": "--patients", "evaluate": "missing",
-         "predict": "missing", "export": "missing", "explain": "missing"}
+         "predict": "missing", "export": "missing", "explain": "missing",
+         "gpu_check": "missing"}
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -103,8 +110,8 @@ def test_bad_flag_or_input_exits_2_with_one_line(job, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert out.returncode == 2, out.stderr[-2000:]
-    errors = [line for line in out.stderr.splitlines() if line.startswith(f"fundus-{job}:")]
-    assert len(errors) == 1 and errors[0].startswith(f"fundus-{job}: error: "), out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith(f"{command(job)}:")]
+    assert len(errors) == 1 and errors[0].startswith(f"{command(job)}: error: "), out.stderr
     assert NAMED[job] in errors[0], errors[0]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "out").exists()          # nothing written

@@ -123,10 +123,12 @@ def checking_inputs(*extra: type[BaseException]) -> Iterator[None]:
 
 
 def job_name(main: Callable) -> str:
-    """``fundus-<job>`` for a job's ``main`` (also when run as ``python -m tools.<job>``)."""
+    """``fundus-<job>`` for a job's ``main`` (also when run as ``python -m tools.<job>``;
+    ``_`` in the module name is ``-`` in the command: ``tools/gpu_check.py`` is
+    ``fundus-gpu-check``)."""
     spec = getattr(sys.modules.get(main.__module__), "__spec__", None)
     module = spec.name if spec is not None and spec.name else main.__module__
-    return "fundus-" + module.rsplit(".", 1)[-1]
+    return "fundus-" + module.rsplit(".", 1)[-1].replace("_", "-")
 
 
 def error(name: str, text: str) -> None:
