@@ -315,6 +315,8 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     policy = precision.set_policy(cfg.precision)
 
     t0 = time.time()
+    # the whole run's clock (a CV fold gets its CV's): elapsed time includes start-up
+    clock = clock or (progress.RunClock(cfg.epochs), 0.0)
     read: tuple[str, ...] = ()       # the splits this run reads (never test)
     try:  # start-up: every bad flag or input fails here, before model_dir is touched
         read = tuple(s for spec in reader.training_split(cfg.data, cfg.val_fold)

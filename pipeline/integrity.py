@@ -2,7 +2,8 @@
 
 TensorFlow reports a damaged shard as ``tf.errors.DataLossError`` (a record's crc does not
 match: a flipped or truncated byte) or, for a JPEG that no longer decodes,
-``tf.errors.InvalidArgumentError``, from deep inside ``model.fit`` or a prediction loop,
+``tf.errors.InvalidArgumentError`` (only one whose message is about decoding an image is
+considered), from deep inside ``model.fit`` or a prediction loop,
 with a message that rarely names the file. :func:`reading` turns such an error into a
 :class:`DataError` that names the shard (the one the error names, else the ones whose
 sha256 no longer matches the manifest, :func:`pipeline.manifest.verify_shards`) and the
@@ -27,6 +28,9 @@ from pipeline import manifest as manifest_lib
 READ_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError)
 
 
+# an InvalidArgumentError that can come from a damaged image (anything else is a bug or a
+# bad flag: passed through without re-hashing every shard)
+_DECODE = re.compile(r"jpe?g|decod|image|corrupt|truncat|premature", re.IGNORECASE)
 _TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$")
 
 
@@ -64,7 +68,10 @@ def damaged_shards(data_dir: str, error: BaseException,
 def as_data_error(data_dir: str, error: BaseException,
                   splits: Iterable[str] | None = None) -> DataError | None:
     """The :class:`DataError` for a TensorFlow read error, or None when no shard of
-    ``data_dir`` is to blame (see the module doc)."""
+    ``data_dir`` is to blame (see the module doc). An ``InvalidArgumentError`` whose
+    message is not about decoding an image is never blamed on the data (no re-hash)."""
+    if not isinstance(error, tf.errors.DataLossError) and not _DECODE.search(str(error)):
+        return None
     bad = damaged_shards(data_dir, error, splits)
     if not bad:
         return None
