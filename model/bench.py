@@ -107,7 +107,15 @@ def measure_training(ds, image_size: int, batch_size: int, steps: int, warmup: i
     The two feedings alternate ``rounds`` times (constant, fed, constant, fed, ...) so
     that drift of the machine (other jobs, clocks) hits both alike; each figure is the
     median of its rounds, and every round is kept in ``*_rounds``."""
-    model = train_model(image_size, weights, arch)
+    return compare_feedings(train_model(image_size, weights, arch), ds, batch_size, steps,
+                            warmup, rounds)
+
+
+def compare_feedings(model: keras.Model, ds, batch_size: int, steps: int, warmup: int,
+                     rounds: int = 2) -> dict[str, Any]:
+    """``model``'s training images/s fed by ``ds`` (repeated) and by ``ds``'s first batch
+    as a constant, alternating ``rounds`` times (constant first); each figure the median
+    of its rounds (``*_rounds`` keeps them), and ``train_fed_vs_constant``."""
     images, labels = next(iter(ds))
     constant = tf.data.Dataset.from_tensors((images, labels)).repeat()
     fed = ds.repeat()

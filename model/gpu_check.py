@@ -38,7 +38,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -276,25 +275,14 @@ def check_mirrored(data: str, preset: Preset, batch: int, expected: int) -> dict
 
 def measure_model(data: str, backbone: str, size: int, batch: int,
                   preset: Preset) -> dict[str, Any]:
-    """Training images/s of one model fed by the pipeline against a constant batch (the
-    rounds alternate, constant first, as ``model.bench.measure_training``)."""
-    cfg = _train_config(data, backbone, size, batch)
-    model = _build(cfg)
+    """Training images/s of one model fed by the pipeline against a constant batch
+    (``model.bench.compare_feedings``: the rounds alternate, constant first)."""
+    model = _build(_train_config(data, backbone, size, batch))
     ds = reader.make_dataset(data, "train", True, _read_config(size, batch))
-    images, labels = next(iter(ds))
-    constant = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    out: dict[str, Any] = {"backbone": backbone, "image_size": size, "batch_size": batch,
-                           "params": int(model.count_params()),
-                           "train_constant_rounds": [], "train_fed_rounds": []}
-    for _ in range(preset.rounds):
-        out["train_constant_rounds"].append(bench.train_rate(
-            model, constant, preset.train_steps, preset.warmup_steps, batch))
-        out["train_fed_rounds"].append(bench.train_rate(
-            model, ds.repeat(), preset.train_steps, preset.warmup_steps, batch))
-    for key in ("train_constant", "train_fed"):
-        out[key] = float(statistics.median(out[f"{key}_rounds"]))
-    out["train_fed_vs_constant"] = input_bench.ratio(out["train_fed"], out["train_constant"])
-    return out
+    return {"backbone": backbone, "image_size": size, "batch_size": batch,
+            "params": int(model.count_params()),
+            **bench.compare_feedings(model, ds, batch, preset.train_steps,
+                                     preset.warmup_steps, preset.rounds)}
 
 
 def check_speed(data: str, originals: str | None, preset: Preset, batch: int,
