@@ -50,7 +50,7 @@ from model import io as model_io
 from model import metrics as metrics_lib
 from model import hparams, plots, precision, prefix_cache, rundir, train_data
 from model.train_config import ConfigError, TrainConfig
-from pipeline import fileio, integrity, progress, reader
+from pipeline import fileio, integrity, progress
 from pipeline import manifest as manifest_lib
 
 
@@ -319,8 +319,8 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     clock = clock or (progress.RunClock(cfg.epochs), 0.0)
     read: tuple[str, ...] = ()       # the splits this run reads (never test)
     try:  # start-up: every bad flag or input fails here, before model_dir is touched
-        read = tuple(s for spec in reader.training_split(cfg.data, cfg.val_fold)
-                     for s in spec.splits)
+        splits = train_data.describe_splits(cfg)
+        read = splits.train_spec.splits + splits.val_spec.splits
         manifest_lib.check_shards(cfg.data, read)   # every shard there, at its size
         image_size = cfg.input_size()
         strategy = distribute.make_strategy(cfg.strategy)
@@ -328,7 +328,6 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
         with strategy.scope():
             model = classifier.build_classifier(classifier_config(cfg))
         train_ds, val_ds, _, _ = train_data.build_datasets(cfg, strategy, image_size)
-        splits = train_data.describe_splits(cfg)
         fit_model, cached = model, None
         if cfg.cache_frozen_prefix:   # fit a tail sharing the layers, on cached activations
             cached = prefix_cache.prepare(
