@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 import _hparams_reader as hpr
+from _train_job import train_main
 from model import augment, cv_summary, rundir, train_config, training
 from pipeline import fileio
 
@@ -22,18 +23,6 @@ def _cfg(data: str, model_dir: str, **kw) -> train_config.TrainConfig:
                 augment=augment.AugmentConfig(seed=1), image_grid=0, verbose=0, seed=1)
     base.update(kw)
     return train_config.TrainConfig(**base)
-
-
-def _main(argv: list[str]) -> int:
-    """tools.train's exit status for ``argv``, in-process (as tests/test_train_job.py)."""
-    from absl import flags
-    from tools import train as job
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["fundus-train", *argv])
-    try:
-        return job.run.call(["fundus-train"])
-    finally:
-        flags.FLAGS.unparse_flags()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +50,7 @@ def _copy(folds: dict, tmp_path) -> str:
 
 
 def _collect(d: str, data: str, k: int = 3) -> int:
-    return _main([f"--data={data}", f"--model_dir={d}", f"--cv={k}", "--collect"])
+    return train_main([f"--data={data}", f"--model_dir={d}", f"--cv={k}", "--collect"])
 
 
 @pytest.mark.slow
@@ -151,7 +140,7 @@ def test_collect_refuses_missing_unfinished_and_foreign_folds(folds, tmp_path, c
     # the wrong K, and --collect without --cv
     assert _collect(d, folds["data"], k=2) == 2
     assert "3 folds" in capsys.readouterr().err
-    assert _main([f"--data={folds['data']}", f"--model_dir={d}", "--collect"]) == 2
+    assert train_main([f"--data={folds['data']}", f"--model_dir={d}", "--collect"]) == 2
     assert "--collect needs --cv=K" in capsys.readouterr().err
 
 

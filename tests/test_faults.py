@@ -13,7 +13,6 @@ Each test copies the session-scoped ``tiny_data`` fixture before damaging anythi
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import resource
@@ -27,7 +26,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from model import callbacks, evaluation, rundir, train_config, training
+from model import callbacks, evaluation, rundir, training
 from pipeline import integrity, lock as lock_lib
 from pipeline import manifest as manifest_lib
 from pipeline import writer
@@ -35,6 +34,8 @@ from pipeline.synthetic import make_synthetic
 from tools import _common
 
 import _tiny_models
+from _train_job import Crash, train_main
+from _train_job import train_config as job_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--backbone=tiny", "--weights=none", "--image_size=32", "--batch_size=8",
@@ -83,44 +84,8 @@ def _job(job: str, args: list[str], *, fsize: int | None = None, timeout: int = 
                           preexec_fn=limit if fsize else None)
 
 
-def _train_main(argv: list[str]) -> int:
-    """tools.train's main in-process on fresh flag values; its exit status."""
-    from absl import flags
-    from tools import train as job
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["fundus-train", *argv])
-    try:
-        return job.run.call(["fundus-train"])
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
-def _train_cfg(argv: list[str]) -> train_config.TrainConfig:
-    """The TrainConfig fundus-train builds from ``argv`` (so a resumed job matches)."""
-    from absl import flags
-    importlib.import_module("tools.train")          # defines the flags
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["fundus-train", *argv])
-    try:
-        return train_config.config_from_flags(flags.FLAGS)
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
 def _sha(path: str) -> str:
     return manifest_lib.sha256_file(path)
-
-
-class _Crash(keras.callbacks.Callback):
-    """A preempted VM: dies at the start of epoch ``at`` (0-based)."""
-
-    def __init__(self, at: int):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError(f"preempted in epoch {epoch + 1}")
 
 
 # ------------------------------------------------------------------ 4. data you can trust
@@ -186,7 +151,7 @@ def test_startup_check_of_training_and_evaluation_exits_2(tiny_data, tmp_path, c
         with open(path, "r+b") as f:
             f.truncate(1000)
     model_dir = tmp_path / "m"
-    rc = _train_main([f"--data={data}", f"--model_dir={model_dir}", *TINY])
+    rc = train_main([f"--data={data}", f"--model_dir={model_dir}", *TINY])
     err = capsys.readouterr().err
     assert rc == 2, err
     assert train_shard in err and "1000 bytes" in err and "fundus-convert" in err
@@ -243,7 +208,7 @@ def test_damaged_record_in_training_exits_1_and_stays_resumable(tiny_data, tmp_p
     model_dir = tmp_path / "m"
     argv = [f"--data={data}", f"--model_dir={model_dir}", "--epochs=2", "--warmup_epochs=1",
             *TINY]
-    rc = _train_main(argv)
+    rc = train_main(argv)
     err = capsys.readouterr().err
     assert rc == 1, err
     line = [x for x in err.splitlines() if x.startswith("fundus-train: error:")]
@@ -253,7 +218,7 @@ def test_damaged_record_in_training_exits_1_and_stays_resumable(tiny_data, tmp_p
     assert (model_dir / "backup" / "config.json").exists()     # resumable
     assert not (model_dir / "run.json").exists()
     open(bad, "wb").write(original)                             # the shard restored
-    assert _train_main(argv) == 0
+    assert train_main(argv) == 0
     run = json.load(open(model_dir / "run.json"))
     assert run["resumed"] is True and run["epochs_run"] == 2
 
@@ -321,7 +286,7 @@ def test_second_conversion_on_the_same_dir_refuses(synth, tmp_path):
 def test_second_training_on_the_same_dir_refuses(tiny_data, tmp_path, capsys):
     model_dir = str(tmp_path / "m")
     with lock_lib.DirLock(model_dir, "fundus-train"):
-        rc = _train_main([f"--data={tiny_data}", f"--model_dir={model_dir}", *TINY])
+        rc = train_main([f"--data={tiny_data}", f"--model_dir={model_dir}", *TINY])
         assert os.listdir(model_dir) == [lock_lib.LOCK_NAME]
     err = capsys.readouterr().err
     assert rc == 2, err
@@ -365,7 +330,7 @@ def test_disk_full_during_training_keeps_the_model_dir(tiny_data, tmp_path, caps
     argv = [f"--data={tiny_data}", f"--model_dir={model_dir}", "--epochs=4",
             "--warmup_epochs=4", *TINY]
     with pytest.raises(RuntimeError, match="preempted in epoch 3"):   # an earlier run
-        training.train(_train_cfg(argv), callbacks=[_Crash(2)])
+        training.train(job_config(argv), callbacks=[Crash(2)])
     backup = model_dir / "backup" / "head"
     kept = {p: _sha(str(p)) for p in (model_dir / "best.keras",
                                       backup / "latest.weights.h5",
@@ -381,7 +346,7 @@ def test_disk_full_during_training_keeps_the_model_dir(tiny_data, tmp_path, caps
     keras.models.load_model(model_dir / "best.keras", compile=False)
 
     capsys.readouterr()
-    assert _train_main(argv) == 0                               # space again: resumes
+    assert train_main(argv) == 0                               # space again: resumes
     out = capsys.readouterr().out
     epochs = [int(x.split()[1].split("/")[0]) for x in out.splitlines()
               if x.startswith("Epoch ")]
@@ -420,7 +385,7 @@ def test_ctrl_c_keeps_the_backup_and_the_same_command_resumes(tiny_data, tmp_pat
     assert not (model_dir / "run.json").exists() and lock_lib.holder(str(model_dir)) is None
 
     capsys.readouterr()
-    assert _train_main(argv) == 0                            # the same command
+    assert train_main(argv) == 0                            # the same command
     out = capsys.readouterr().out
     epochs = [int(x.split()[1].split("/")[0]) for x in out.splitlines()
               if x.startswith("Epoch ")]

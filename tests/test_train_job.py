@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from _train_job import train_main
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNV2 = os.path.join(ROOT, "..", "shared", "weights",
                            "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
@@ -28,19 +30,6 @@ def _job(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
                           env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _main(argv: list[str]) -> int:
-    """Run tools.train.main in-process with fresh flag values (fast start-up checks);
-    returns the job's exit status (exceptions mapped as by its console entry point)."""
-    from absl import flags
-    from tools import train as job
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["fundus-train", *argv])
-    try:
-        return job.run.call(["fundus-train"])
-    finally:
-        flags.FLAGS.unparse_flags()
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--backbone=xception", "--image_size=64"],
      "--image_size=64 is below xception's minimum of 71 px; use --image_size>=71"),
@@ -49,7 +38,7 @@ def _main(argv: list[str]) -> int:
 ])
 def test_bad_flags_fail_at_startup(argv, message, tiny_data, tmp_path, capsys):
     model_dir = tmp_path / "m"
-    rc = _main([f"--data={tiny_data}", f"--model_dir={model_dir}", *argv])
+    rc = train_main([f"--data={tiny_data}", f"--model_dir={model_dir}", *argv])
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not model_dir.exists()
@@ -58,11 +47,11 @@ def test_bad_flags_fail_at_startup(argv, message, tiny_data, tmp_path, capsys):
 def test_data_without_manifest_and_foreign_weights(tmp_path, tiny_data, capsys):
     empty = tmp_path / "not_converted"
     empty.mkdir()
-    assert _main([f"--data={empty}", f"--model_dir={tmp_path / 'm'}", *TINY_FLAGS]) == 2
+    assert train_main([f"--data={empty}", f"--model_dir={tmp_path / 'm'}", *TINY_FLAGS]) == 2
     err = capsys.readouterr().err
     assert f"--data={empty}: no manifest.json" in err and "fundus-convert" in err
     if os.path.exists(SHARED_MNV2):
-        assert _main([f"--data={tiny_data}", f"--model_dir={tmp_path / 'm'}",
+        assert train_main([f"--data={tiny_data}", f"--model_dir={tmp_path / 'm'}",
                       "--backbone=tiny", f"--weights={SHARED_MNV2}", "--image_size=32"]) == 2
         err = capsys.readouterr().err
         assert "--weights=" in err and "does not match backbone 'tiny'" in err

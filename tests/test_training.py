@@ -16,6 +16,7 @@ import pytest
 import keras
 
 import _hparams_reader as hpr
+from _train_job import Crash
 from model import augment, callbacks, optim, rundir, train_config, training
 from pipeline import manifest as manifest_lib
 
@@ -198,18 +199,6 @@ def test_swa_run_keeps_the_mean_of_the_last_epochs_and_flip_tta(tiny_data, tmp_p
 
 
 # ------------------------------------------------------------ interrupted + resumed run
-class _Crash(keras.callbacks.Callback):
-    """Simulates a preempted VM: dies at the start of epoch ``at`` (0-based)."""
-
-    def __init__(self, at: int):
-        super().__init__()
-        self.at = at
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError(f"preempted in epoch {epoch + 1}")
-
-
 class _Seen(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -233,7 +222,7 @@ def resumed_run(tiny_data, tmp_path_factory):
     cfg = _cfg(data, model_dir, patience=0)
     first = _Seen()
     with pytest.raises(RuntimeError, match="preempted in epoch 3"):
-        training.train(cfg, callbacks=[first, _Crash(2)])
+        training.train(cfg, callbacks=[first, Crash(2)])
     rows_at_kill = rundir.read_history(os.path.join(model_dir, "history.csv"))
     changed = None
     try:
