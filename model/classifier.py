@@ -7,8 +7,12 @@ Graph (functional Keras model, saved as ``.keras``)::
          the optional Gaussian local-contrast normalisation, applied always)
       -> BackbonePreprocess (the backbone's own preprocess_input, float32)
       -> FrozenStatistics(backbone)   # called with training=False: BN statistics frozen
-      -> GlobalAveragePooling2D -> Dropout
+      -> GlobalAveragePooling2D "pool" -> Dropout
       -> Dense(1, sigmoid, float32) named "sex"           probability in [0, 1], [B, 1]
+
+With multi-depth features (``feature_layers``, see :mod:`model.features`) the backbone
+has one output per named layer, each pooled ("pool_<i>"), concatenated ("features") and
+standardised ("standardize", statistics of the training images) before the dropout.
       (+ Dense(1, float32) named "age" when age_loss_weight > 0: age in years, [B, 1])
 
 Without the age head the model has one output (a tensor); with it, a dict
@@ -24,6 +28,7 @@ import keras
 
 from model import augment as augment_lib
 from model import backbones as backbones_lib
+from model import features as features_lib
 
 BACKBONE_LAYER = "backbone"
 SEX_OUTPUT = "sex"
@@ -48,6 +53,8 @@ class ClassifierConfig:
       freeze_bn_statistics: run the backbone in inference mode (BatchNorm moving
         statistics frozen). None = True for pretrained weights, False for ``none`` (a
         random backbone has no statistics worth keeping and must learn them).
+      feature_layers: backbone layers whose pooled outputs form the head's input
+        (:func:`model.features.parse_spec` output); ``()`` = the last layer only.
     """
 
     backbone: str = "mobilenet_v2"
@@ -58,6 +65,7 @@ class ClassifierConfig:
     age_loss_weight: float = 0.0
     seed: int | None = None
     freeze_bn_statistics: bool | None = None
+    feature_layers: tuple[str, ...] = ()
 
     def bn_frozen(self) -> bool:
         if self.freeze_bn_statistics is not None:
@@ -90,6 +98,9 @@ def build_classifier(cfg: ClassifierConfig) -> keras.Model:
     size = cfg.resolved_image_size()
     backbone = backbones_lib.build_backbone(cfg.backbone, size, cfg.weights)
     backbone.trainable = False
+    multi = features_lib.is_multi(cfg.feature_layers)
+    if multi:
+        backbone = features_lib.multi_output(backbone, cfg.feature_layers)
 
     inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = inputs
@@ -98,7 +109,7 @@ def build_classifier(cfg: ClassifierConfig) -> keras.Model:
     x = backbones_lib.BackbonePreprocess(cfg.backbone, name="preprocess")(x)
     x = backbones_lib.FrozenStatistics(backbone, frozen=cfg.bn_frozen(),
                                        name=BACKBONE_LAYER)(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = features_lib.pooled(list(x) if multi else [x], multi)
     x = keras.layers.Dropout(cfg.dropout, seed=cfg.seed, name="dropout")(x)
     sex = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=SEX_OUTPUT)(x)
     if cfg.age_loss_weight > 0:
@@ -112,8 +123,58 @@ def build_classifier(cfg: ClassifierConfig) -> keras.Model:
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
-    """The wrapped keras.applications backbone inside a classifier."""
+    """The wrapped keras.applications backbone inside a classifier (with multi-depth
+    features: the multi-output model sharing its layers)."""
     return model.get_layer(BACKBONE_LAYER).layer
+
+
+def head_layer_names(model: keras.Model) -> list[str]:
+    """The layers between the backbone and the dropout, in order: ``["pool"]``, or
+    ``["pool_0", ..., "features", "standardize"]`` with multi-depth features."""
+    names = [l.name for l in model.layers]
+    if "pool" in names:
+        return ["pool"]
+    pools = sorted((n for n in names if n.startswith(features_lib.POOL_PREFIX + "_")),
+                   key=lambda n: int(n.rsplit("_", 1)[1]))
+    return pools + [n for n in (features_lib.FEATURES, features_lib.STANDARDIZE) if n in names]
+
+
+def apply_head(model: keras.Model, maps, upto: str = ""):
+    """Run ``model``'s own pooling (+ concatenation, standardisation), dropout and ``sex``
+    layers on backbone outputs ``maps`` (a tensor or a list, symbolic or eager); stop after
+    the layer named ``upto`` when given (e.g. ``"pool"``, ``"features"``,
+    :func:`head_input_name`)."""
+    maps = list(maps) if isinstance(maps, (list, tuple)) else [maps]
+    heads = head_layer_names(model)
+    pools = heads[:len(maps)]
+    if len(maps) != sum(n == "pool" or n.startswith(features_lib.POOL_PREFIX + "_")
+                        for n in heads):
+        raise ValueError(f"apply_head: {len(maps)} feature maps for the pooling layers "
+                         f"{heads}")
+    vecs = [model.get_layer(n)(m) for n, m in zip(pools, maps)]
+    if upto in pools:
+        return vecs[pools.index(upto)]
+    x = vecs[0] if len(vecs) == 1 else vecs
+    for name in heads[len(pools):] + ["dropout", SEX_OUTPUT]:
+        x = model.get_layer(name)(x)
+        if name == upto:
+            return x
+    if upto:
+        raise ValueError(f"apply_head: no layer {upto!r} in {heads + ['dropout', SEX_OUTPUT]}")
+    return x
+
+
+def head_input_name(model: keras.Model) -> str:
+    """The layer whose output the ``sex`` head sees (before dropout): ``pool`` or
+    ``standardize``."""
+    return head_layer_names(model)[-1]
+
+
+def raw_features_name(model: keras.Model) -> str | None:
+    """With multi-depth features, the layer whose output :func:`model.features.
+    fit_standardize` measures (``features``, or the single ``pool_0``); else None."""
+    heads = head_layer_names(model)
+    return heads[-2] if heads[-1] == features_lib.STANDARDIZE else None
 
 
 def set_backbone_trainable(model: keras.Model, fraction: float) -> int:

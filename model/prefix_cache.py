@@ -14,7 +14,10 @@ image and trains the rest on the cached activations::
 The cut is the output of one backbone layer: the layer just below the first layer that
 the fine-tune stage unfreezes, snapped DOWN until ``keras.Model(cut, backbone.output)``
 builds, i.e. the suffix depends on that single tensor only (MobileNetV2: ``block_12_add``
-feeds ``block_13_expand``). Because the tail shares the classifier's layers, training the
+feeds ``block_13_expand``). With multi-depth features (``--feature_layers``) every feature
+layer must lie above the cut, so the snap goes below the lowest of them (MobileNetV2's
+``multi`` preset: below ``block_10_project_BN``, i.e. ``block_9_add``); the tail then runs
+the frozen blocks between the cut and the unfrozen top every epoch. Because the tail shares the classifier's layers, training the
 tail trains the classifier, and ``best.keras`` / ``saved_model`` are the full uint8 model.
 
 Augmentation: only the horizontal flip survives caching. With ``flip`` on, the mirrored
@@ -124,19 +127,18 @@ def build_encoder(model: keras.Model, prefix: keras.Model) -> keras.Model:
 
 def build_tail(model: keras.Model, suffix: keras.Model, upto: str = "") -> keras.Model:
     """activations float32 -> probability: the suffix (BatchNorm frozen as in the
-    classifier) and the classifier's own pool, dropout and ``sex`` layers; with
-    ``upto="pool"`` it stops at the pooled features."""
+    classifier) and the classifier's own head layers (``classifier.apply_head``: pooling,
+    with multi-depth features concatenation and standardisation, dropout, ``sex``); with
+    ``upto`` (a head layer's name, e.g. ``classifier.head_input_name(model)``) it stops
+    after that layer."""
     if isinstance(model.output, dict):
         raise ValueError("--cache_frozen_prefix does not support the age head; "
                          "pass --age_loss_weight=0")
     wrapper = model.get_layer(classifier.BACKBONE_LAYER)
     inp = keras.Input(suffix.input.shape[1:], dtype="float32", name="activations")
     x = backbones.FrozenStatistics(suffix, frozen=wrapper.frozen, name="suffix")(inp)
-    for name in ("pool", "dropout", classifier.SEX_OUTPUT):
-        x = model.get_layer(name)(x)
-        if name == upto:
-            return keras.Model(inp, x, name=f"tail_{upto}")
-    return keras.Model(inp, x, name="tail")
+    x = classifier.apply_head(model, x, upto=upto)
+    return keras.Model(inp, x, name=f"tail_{upto}" if upto else "tail")
 
 
 # =========================================================================== the cache
@@ -322,8 +324,9 @@ class Prepared:
     train_ds: Any
     val_ds: Any
     info: dict
-    features: keras.Model         # activations -> pooled features (the frozen suffix)
+    features: keras.Model         # activations -> the head's input (the frozen suffix)
     train_eval_ds: Any            # the training rows in order, no flip, labels only
+    raw_features: keras.Model | None = None  # multi-depth: -> features before standardising
 
 
 def _memo_key(cfg, data_dir: str, cut: str, image_size: int, splits) -> str:
@@ -386,5 +389,7 @@ def prepare(model: keras.Model, cfg, train_spec: reader.SplitSpec,
         tail,
         cached_dataset(cache, tr, cfg.batch_size, True, cfg.seed, train_weights),
         cached_dataset(cache, va, cfg.batch_size, False, cfg.seed, None),
-        info, build_tail(model, suffix, upto="pool"),
-        cached_dataset(cache, tr, cfg.batch_size, False, cfg.seed, None))
+        info, build_tail(model, suffix, upto=classifier.head_input_name(model)),
+        cached_dataset(cache, tr, cfg.batch_size, False, cfg.seed, None),
+        build_tail(model, suffix, upto=raw) if (raw := classifier.raw_features_name(model))
+        else None)

@@ -17,7 +17,8 @@ from typing import Any
 
 from absl import flags
 
-from model import augment, backbones, distribute, head_init, precision, prefix_cache
+from model import augment, backbones, distribute, features, head_init, precision
+from model import prefix_cache
 from model import io as model_io
 from pipeline import manifest as manifest_lib
 
@@ -124,6 +125,11 @@ class TrainConfig:
                            head_init.CHOICES)
     head_init_c: float = _flag(1e-3, "--head_init=logistic: inverse L2 strength C "
                                      "(scikit-learn convention; smaller is stronger).")
+    feature_layers: str = _flag("", "Multi-depth features: backbone layers whose pooled "
+                                    "outputs, concatenated and standardised, feed the head: "
+                                    "'multi' (the backbone's preset), a comma list of layer "
+                                    "names ('last' = the output), or empty (the last layer "
+                                    "only). See model/features.py.")
     cache_frozen_prefix: bool = _flag(False, "Run the frozen backbone prefix once per image "
                                              "(and its mirror with --augment_flip), cache "
                                              "the activations in memory and train the top "
@@ -186,6 +192,7 @@ class TrainConfig:
                 f"fundus-convert output directory (run fundus-convert first)")
         backbones.get(self.backbone)
         self.input_size()
+        features.parse_spec(self.feature_layers, self.backbone)
         backbones.normalise_weights(self.weights)
         precision.resolve_policy(self.precision)
         checks = [

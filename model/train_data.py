@@ -16,6 +16,7 @@ import dataclasses
 import keras
 import numpy as np
 
+from model import classifier
 from model.train_config import TrainConfig
 from pipeline import reader
 
@@ -80,12 +81,17 @@ def describe_splits(cfg: TrainConfig) -> Splits:
     return Splits(train_spec, val_spec, train, val, cfg.batch_size)
 
 
-def probe_inputs(cfg: TrainConfig, model, cached, splits: Splits, image_size: int):
+def probe_inputs(cfg: TrainConfig, model, cached, splits: Splits, image_size: int,
+                 raw: bool = False):
     """``(features model, training batches, validation batches)`` for the logistic head:
-    pooled features of the frozen backbone, in evaluation order, labels only."""
+    the head's input (pooled features of the frozen backbone; standardised multi-depth
+    features), in evaluation order, labels only. ``raw``: the multi-depth features before
+    their standardisation (what ``model.features.fit_standardize`` measures)."""
     if cached is not None:
-        return cached.features, cached.train_eval_ds, cached.val_ds
-    features = keras.Model(model.input, model.get_layer("pool").output)
+        return (cached.raw_features if raw else cached.features), cached.train_eval_ds, \
+            cached.val_ds
+    layer = classifier.raw_features_name(model) if raw else classifier.head_input_name(model)
+    features = keras.Model(model.input, model.get_layer(layer).output)
     tr = dataclasses.replace(read_config(cfg, image_size, True), sample_weights=False,
                              with_age=False, cache_budget_gb=0.0, cache_dir=None)
     va = dataclasses.replace(tr, normal_only=True)

@@ -44,7 +44,7 @@ import keras
 import numpy as np
 
 from model import callbacks as callbacks_lib
-from model import classifier, cv_summary, distribute, evaluation, export, optim
+from model import classifier, cv_summary, distribute, evaluation, export, features, optim
 from model import head_init as head_init_lib
 from model import io as model_io
 from model import metrics as metrics_lib
@@ -61,7 +61,8 @@ def classifier_config(cfg: TrainConfig) -> classifier.ClassifierConfig:
     return classifier.ClassifierConfig(
         backbone=cfg.backbone, image_size=cfg.input_size(), weights=cfg.weights,
         dropout=cfg.dropout, augment=cfg.augment_config(),
-        age_loss_weight=cfg.age_loss_weight, seed=cfg.seed)
+        age_loss_weight=cfg.age_loss_weight, seed=cfg.seed,
+        feature_layers=features.parse_spec(cfg.feature_layers, cfg.backbone))
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig, optimizer) -> None:
@@ -353,13 +354,17 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     head_info = None
     # a damaged record met while training: DataError naming the shard (backup/ is kept)
     with integrity.reading(cfg.data, read):
+        if classifier.raw_features_name(model) and not done:
+            raw, tr_batches, _ = train_data.probe_inputs(cfg, model, cached, splits,
+                                                         image_size, raw=True)
+            head_info = {"standardize": features.fit_standardize(model, raw, tr_batches)}
         if cfg.head_init == "logistic" and not done:
-            features, tr_batches, va_batches = train_data.probe_inputs(
+            probe, tr_batches, va_batches = train_data.probe_inputs(
                 cfg, model, cached, splits, image_size)
-            head_info = head_init_lib.init_head(
-                features, model.get_layer(classifier.SEX_OUTPUT), tr_batches, va_batches,
+            head_info = {**(head_info or {}), **head_init_lib.init_head(
+                probe, model.get_layer(classifier.SEX_OUTPUT), tr_batches, va_batches,
                 cfg.head_init_c,
-                splits.train.class_weights() if cfg.class_weights else None)
+                splits.train.class_weights() if cfg.class_weights else None)}
             if cfg.verbose:
                 print(f"[fundus-train] head from a logistic probe (C={cfg.head_init_c:g}): "
                       f"AUC {head_info['train_auc']:.4f} train, {head_info['val_auc']:.4f} "

@@ -40,7 +40,7 @@ def test_job_import_prints_no_tensorflow_noise():
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOBS = ("convert", "synth", "bench", "train", "tune", "demo", "evaluate", "predict",
-        "export", "explain", "gpu_check")
+        "export", "explain", "gpu_check", "probe")
 
 
 def command(job: str) -> str:
@@ -95,13 +95,14 @@ def _bad_invocation(job: str, tmp) -> list[str]:
         "export": [f"--model={missing}", f"--output={tmp / 'out'}"],
         "explain": [f"--model={missing}", f"--output={tmp / 'out'}"],
         "gpu_check": ["--cpu_smoke", f"--data={missing}", f"--output={tmp / 'out'}"],
+        "probe": [f"--data={missing}", f"--output={tmp / 'out'}"],
     }[job]
 
 
 NAMED = {"convert": "--images", "synth": "--min_width=500", "bench": "missing",
          "train": "--data=", "tune": "--data=", "demo": "--patients", "evaluate": "missing",
          "predict": "missing", "export": "missing", "explain": "missing",
-         "gpu_check": "missing"}
+         "gpu_check": "missing", "probe": "--data="}
 
 
 @pytest.mark.parametrize("job", JOBS)

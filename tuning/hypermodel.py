@@ -125,7 +125,8 @@ def apply_values(base: TrainConfig, values: Mapping[str, Any]) -> TrainConfig:
 # fundus-train flags a trial does not apply (its objective is the best epoch's val AUC,
 # on images): refused instead of ignored
 _TRIAL_DEFAULTS = {"cache_frozen_prefix": False, "prefix_cache_dir": None,
-                   "head_init": "random", "select": "best", "swa_epochs": 0, "tta": "none"}
+                   "head_init": "random", "select": "best", "swa_epochs": 0, "tta": "none",
+                   "feature_layers": ""}
 
 
 def check_trial_flags(cfg: TrainConfig, where: str = "") -> None:

@@ -1,0 +1,135 @@
+"""Multi-depth features (--feature_layers): the spec, the classifier's graph and its saved
+form, the standardisation fitted by fundus-train, the cached prefix and the logistic head
+on them, and fundus-probe's repeated patient CV."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from model import augment, classifier, features, io as model_io, prefix_cache, probe, train_config
+from model import training
+
+TINY_LAYERS = ("block2_relu1", features.LAST)
+
+
+def _tiny(layers=TINY_LAYERS, size=32):
+    return classifier.build_classifier(classifier.ClassifierConfig(
+        backbone="tiny", image_size=size, weights="none", feature_layers=layers, seed=0))
+
+
+def test_parse_spec():
+    assert features.parse_spec("", "mobilenet_v2") == ()
+    assert features.parse_spec(None, "tiny") == ()
+    assert features.parse_spec("multi", "mobilenet_v2") == (
+        "block_10_project_BN", "block_13_project_BN", "block_16_project_BN", "last")
+    assert features.parse_spec(" a, b ,last", "tiny") == ("a", "b", "last")
+    with pytest.raises(ValueError, match="named twice"):
+        features.parse_spec("a,a", "tiny")
+    with pytest.raises(ValueError, match="no preset"):
+        features.parse_spec("multi", "resnet50")
+    assert not features.is_multi(("last",)) and features.is_multi(TINY_LAYERS)
+
+
+def test_classifier_graph_and_unknown_layer():
+    model = _tiny()
+    assert classifier.head_layer_names(model) == ["pool_0", "pool_1", "features",
+                                                  "standardize"]
+    assert classifier.head_input_name(model) == "standardize"
+    assert classifier.raw_features_name(model) == "features"
+    # 64 (block 2) + 96 (last) pooled channels
+    assert model.get_layer("standardize").output.shape[-1] == 160
+    assert model(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 1)
+    # the plain classifier keeps its old graph
+    plain = _tiny(layers=())
+    assert classifier.head_layer_names(plain) == ["pool"]
+    assert classifier.raw_features_name(plain) is None
+    # set_backbone_trainable counts the shared layers
+    assert classifier.set_backbone_trainable(model, 1.0) == \
+        classifier.set_backbone_trainable(plain, 1.0)
+    with pytest.raises(ValueError, match="--feature_layers.*no layer 'block9_relu1'"):
+        _tiny(layers=("block9_relu1", "last"))
+
+
+def test_standardize_statistics_survive_saving(tmp_path):
+    model = _tiny()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    raw = keras.Model(model.input, model.get_layer("features").output)
+    info = features.fit_standardize(model, raw, [(images[:4],), (images[4:],)])
+    assert info == {"features": 160, "images": 8}
+    z = keras.Model(model.input, model.get_layer("standardize").output)(images).numpy()
+    varying = raw(images).numpy().std(axis=0) > 1e-4
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(z[:, varying].std(axis=0), 1, atol=1e-3)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    back = model_io.load_model(path).model
+    np.testing.assert_allclose(np.asarray(back(images)), np.asarray(model(images)), atol=1e-6)
+    np.testing.assert_allclose(back.get_layer("standardize").get_weights()[0],
+                               model.get_layer("standardize").get_weights()[0])
+
+
+def test_cached_prefix_cuts_below_the_lowest_feature_layer():
+    model = _tiny()
+    cut = prefix_cache.find_cut(model, 0.2)
+    bb = classifier.backbone_of(model)
+    order = [l.name for l in bb.layers]
+    assert order.index(cut) < order.index("block2_relu1")
+    prefix, suffix = prefix_cache.split_backbone(model, cut)
+    tail = prefix_cache.build_tail(model, suffix)
+    enc = prefix_cache.build_encoder(model, prefix)
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(np.asarray(tail(enc(images))), np.asarray(model(images)),
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_train_fits_the_standardisation_and_the_probe(tiny_data, tmp_path, cached):
+    flip_only = augment.AugmentConfig(flip=True, rotation_deg=0, zoom=0, translate=0,
+                                      brightness=0, contrast=0, saturation=0, hue=0, seed=1)
+    cfg = train_config.TrainConfig(
+        data=tiny_data, model_dir=str(tmp_path / "m"), backbone="tiny", weights="none",
+        image_size=32, batch_size=8, epochs=1, warmup_epochs=0,
+        fine_tune_fraction=0.5 if cached else 1.0, feature_layers="multi",
+        head_init="logistic", head_init_c=0.1, image_grid=0, cache_frozen_prefix=cached,
+        augment=flip_only if cached else None, verbose=0)
+    prefix_cache._MEMO.clear()
+    run = training.train(cfg)
+    info = run["head_init"]
+    assert info["standardize"]["features"] == 160 == info["features"]
+    assert info["standardize"]["images"] == info["train_images"] == \
+        run["data"]["train"]["records"]
+    kept = model_io.load_model(os.path.join(cfg.model_dir, "best.keras")).model
+    mean, sd = kept.get_layer("standardize").get_weights()
+    assert np.any(mean != 0) and np.any(sd != 1)
+    assert json.load(open(tmp_path / "m" / "run.json"))["flags"]["feature_layers"] == "multi"
+
+
+def test_config_refuses_a_bad_spec(tiny_data, tmp_path):
+    with pytest.raises(train_config.ConfigError, match="--feature_layers"):
+        training.train(train_config.TrainConfig(
+            data=tiny_data, model_dir=str(tmp_path / "x"), backbone="tiny", weights="none",
+            image_size=32, feature_layers="block2_relu1,block2_relu1"))
+
+
+def test_probe_repeated_cv_finds_a_signal(tiny_data):
+    spec = probe.parse_specs(["tiny@32"], {"tiny": "none"}, "multi")[0]
+    fs = probe.extract(spec, tiny_data, show_progress=False)
+    assert fs.x.shape == (fs.y.size, 160) and set(fs.eye) <= {"left", "right"}
+    # a planted signal: one feature shifted by the label must be found in every repetition
+    rng = np.random.default_rng(0)
+    planted = probe.FeatureSet(np.c_[fs.x, fs.y * 2.0 + rng.normal(size=fs.y.size)],
+                               fs.y, fs.patient, fs.eye, fs.filename, 0.0)
+    result = probe.repeated_cv(planted, k=3, seeds=(0, 1), c=1.0, n_boot=200)
+    assert len(result["per_image"]["folds"]) == 6 and len(result["oof"]) == 2
+    assert result["per_image"]["mean"] > 0.75 and result["oof"][0]["ci"][0] > 0.6
+    # folds are patient-grouped: no patient in two folds
+    folds = probe.patient_folds(fs.patient, fs.y, 3, 0)
+    for pid in np.unique(fs.patient):
+        assert len(set(folds[fs.patient == pid])) == 1
+    # noise alone: no signal claimed
+    noise = probe.FeatureSet(rng.normal(size=(fs.y.size, 20)), fs.y, fs.patient, fs.eye,
+                             fs.filename, 0.0)
+    assert probe.repeated_cv(noise, k=3, seeds=(0,), n_boot=200)["per_image"]["mean"] < 0.7
