@@ -159,18 +159,37 @@ def _count(data_dir: str, spec) -> int:
 
 def _own_fold_frames(members: Sequence[model_io.Member], folds: Sequence[int], data_dir: str,
                      *, batch_size: int, tta: str, progress: bool) -> list[pd.DataFrame]:
-    """Each member's predictions on its own validation fold ``folds[i]`` (normal eyes of
-    the train+val splits, ``reader.training_split``), with a ``fold`` column; folds with
-    no records are left out. ``progress``: one progress line per member."""
+    """Predictions on each validation fold (normal eyes of the train+val splits,
+    ``reader.training_split``) by the members whose ``val_fold`` it is, averaged when
+    several recipes share a fold (a diverse ensemble of CV runs), with a ``fold`` column;
+    folds with no records are left out. ``progress``: one progress line per fold."""
+    by_fold: dict[int, list[model_io.Member]] = {}
+    for m, f in zip(members, folds):
+        by_fold.setdefault(int(f), []).append(m)
     parts = []
-    for j, (m, f) in enumerate(zip(members, folds)):
+    for j, (f, ms) in enumerate(sorted(by_fold.items())):
         spec = reader.training_split(data_dir, f)[1]
         if _count(data_dir, spec):
-            parts.append(predict_split([m], data_dir, spec, batch_size=batch_size, tta=tta,
+            parts.append(predict_split(ms, data_dir, spec, batch_size=batch_size, tta=tta,
                                        progress=progress,
-                                       label=f"{JOB} member {j + 1}/{len(members)}"
+                                       label=f"{JOB} fold {f} ({j + 1}/{len(by_fold)})"
                                        ).assign(fold=f))
     return parts
+
+
+def check_fold_members(members: Sequence[model_io.Member], folds: Sequence[int]) -> None:
+    """Out-of-fold predictions of an ensemble need every fold predicted by the same number
+    of models (one per recipe) and no model twice; ValueError naming them otherwise."""
+    paths = [m.path for m in members]
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise ValueError(f"--split=oof: {', '.join(twice)} given twice (several models "
+                         f"validate on the same fold only as different recipes)")
+    counts = {f: folds.count(f) for f in set(folds)}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"--split=oof: the folds have different numbers of models "
+                         f"({dict(sorted(counts.items()))}); give each recipe's full set "
+                         f"of fold models")
 
 
 def validation_predictions(members: Sequence[model_io.Member], data_dir: str, split: str, *,
@@ -213,7 +232,9 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
     """``--split=oof``: every member on its own validation fold (its run.json
     ``val_fold``; normal eyes of the train+val splits, as ``fundus-train`` validated it),
     concatenated, with a ``fold`` column. For a ``fundus-train --cv=K`` dir this is the
-    CV's pooled out-of-fold prediction. Raises ValueError naming the member without a
+    CV's pooled out-of-fold prediction; for several CV runs on the same data (a diverse
+    ensemble) each fold's models are averaged, as the ensemble would predict an eye none
+    of its members trained on. Raises ValueError naming the member without a
     fold, a fold the data lacks, or a fold given twice. ``progress``: one progress line
     per member on stderr."""
     k = int(manifest_lib.load(data_dir).get("folds") or 0)
@@ -223,9 +244,7 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
             raise ValueError(f"--split=oof: {m.path} has no validation fold of {data_dir} "
                              f"(run.json val_fold {f}, data folds {k}); oof needs the fold "
                              f"models of fundus-train --cv on the data they were trained on")
-    if len(set(folds)) != len(folds):
-        raise ValueError(f"--split=oof: several models validate on the same fold "
-                         f"({sorted(folds)}); give one model per fold")
+    check_fold_members(members, folds)
     parts = _own_fold_frames(members, folds, data_dir, batch_size=batch_size, tta=tta,
                              progress=progress)
     if not parts:

@@ -5,7 +5,8 @@ A *model path* is one of
 * a model dir ``D`` holding ``D/best.keras`` (and normally ``D/run.json``);
 * a ``.keras`` file (its ``run.json``, if any, is the one beside it);
 * an *ensemble dir*: ``D/fold_*/best.keras`` (a ``fundus-train --cv`` run), or a dir whose
-  sub-dirs are model dirs.
+  sub-dirs are model dirs or ``--cv`` runs (a diverse ensemble: e.g. ``D/mnv2/fold_*`` and
+  ``D/lite2/fold_*``, all members averaged).
 
 Several paths (a list, or one comma-separated string) form one ensemble too. An ensemble's
 probability is the mean of its members' probabilities. Members may use different input
@@ -61,20 +62,29 @@ def is_model_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, BEST))
 
 
+def _cv_folds(path: str) -> list[str]:
+    """The finished ``fold_*`` model dirs of ``path`` in fold order."""
+    return sorted((d for d in glob.glob(os.path.join(path, "fold_*")) if is_model_dir(d)),
+                  key=_fold_key)
+
+
 def ensemble_members(path: str) -> list[str]:
     """The member model dirs of an ensemble dir (sorted), or ``[]`` when it is not one.
 
     ``fold_*`` sub-dirs with ``best.keras`` take precedence (a CV run); otherwise every
-    immediate sub-dir that is a model dir.
+    immediate sub-dir that is a model dir, and the folds of every sub-dir that is a CV run
+    (sub-dirs in name order).
     """
     if not os.path.isdir(path):
         return []
-    folds = sorted((d for d in glob.glob(os.path.join(path, "fold_*")) if is_model_dir(d)),
-                   key=_fold_key)
+    folds = _cv_folds(path)
     if folds:
         return folds
-    return sorted(os.path.join(path, d) for d in os.listdir(path)
-                  if is_model_dir(os.path.join(path, d)))
+    out: list[str] = []
+    for d in sorted(os.listdir(path)):
+        sub = os.path.join(path, d)
+        out.extend([sub] if is_model_dir(sub) else _cv_folds(sub))
+    return out
 
 
 def _fold_key(path: str) -> tuple[int, str]:
@@ -99,12 +109,14 @@ def resolve_model_files(paths: str | Iterable[str]) -> list[str]:
         elif is_model_dir(p):
             files.append(os.path.join(p, BEST))
         elif is_ensemble_dir(p):
-            unfinished = sorted(d for d in glob.glob(os.path.join(p, "fold_*"))
+            runs = [p] + [os.path.join(p, d) for d in sorted(os.listdir(p))
+                          if not is_model_dir(os.path.join(p, d))]
+            unfinished = sorted(d for r in runs for d in glob.glob(os.path.join(r, "fold_*"))
                                 if os.path.isdir(d) and not is_model_dir(d))
             if unfinished:
                 raise FileNotFoundError(
                     f"--model: {p} is an unfinished CV run: no {BEST} in "
-                    f"{', '.join(os.path.basename(d) for d in unfinished)}; finish it, or pass "
+                    f"{', '.join(os.path.relpath(d, p) for d in unfinished)}; finish it, or pass "
                     "the finished fold dirs as a comma list")
             files.extend(os.path.join(d, BEST) for d in ensemble_members(p))
         elif not os.path.exists(p):

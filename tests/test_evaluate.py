@@ -188,6 +188,37 @@ def test_oof_split_pools_each_fold_model_on_its_own_fold(tiny_fold_data, tmp_pat
         evaluation.evaluate(twice, tiny_fold_data, "oof", None, bootstrap=0)
 
 
+def test_diverse_ensemble_dir_averages_recipes_per_fold(tiny_fold_data, tmp_path):
+    """A dir of two CV runs (different recipes and input sizes) is one ensemble: all its
+    fold models; --split=oof averages each fold's two models, one row per eye; a fold
+    model missing from one recipe is refused, as is an unfinished nested run."""
+    ens = tmp_path / "diverse"
+    for k in range(3):
+        tm.save_model_dir(tm.planted_model(64), str(ens / "a" / f"fold_{k}"),
+                          flags={"val_fold": k})
+        tm.save_model_dir(tm.random_model(48, seed=k), str(ens / "b" / f"fold_{k}"),
+                          flags={"val_fold": k})
+    files = model_io.resolve_model_files(str(ens))
+    assert [os.path.relpath(f, ens) for f in files] == [
+        f"{r}/fold_{k}/best.keras" for r in "ab" for k in range(3)]
+    members = model_io.load_models(str(ens))
+    frame = evaluation.out_of_fold_predictions(members, tiny_fold_data)
+    assert len(frame) == 64 and frame["file"].is_unique
+    for k in range(3):
+        part = frame[frame["fold"] == k]
+        np.testing.assert_allclose(part["probability"],
+                                   (part["member_0"] + part["member_1"]) / 2, atol=1e-6)
+    one = model_io.load_models(str(ens / "a"))
+    alone = evaluation.out_of_fold_predictions(one, tiny_fold_data).set_index("file")
+    np.testing.assert_allclose(frame.set_index("file").loc[alone.index, "member_0"],
+                               alone["probability"], atol=1e-6)
+    with pytest.raises(ValueError, match="different numbers of models"):
+        evaluation.out_of_fold_predictions(members[:5], tiny_fold_data)
+    (ens / "b" / "fold_3").mkdir()
+    with pytest.raises(FileNotFoundError, match="unfinished.*b/fold_3"):
+        model_io.resolve_model_files(str(ens))
+
+
 def test_load_models_errors_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         model_io.load_models(str(tmp_path / "nope"))
