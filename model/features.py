@@ -37,6 +37,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from model import efficientnet_lite
+
 LAST = "last"          # the backbone's output in a --feature_layers list
 MULTI = "multi"        # the backbone's preset
 POOL_PREFIX = "pool"   # GlobalAveragePooling2D layers: "pool" (one layer) or "pool_<i>"
@@ -54,8 +56,7 @@ def preset(backbone_name: str) -> tuple[str, ...]:
     if backbone_name == "tiny":
         return ("block2_relu1", LAST)
     if backbone_name.startswith("efficientnet_lite"):
-        from model import efficientnet_lite   # noqa: PLC0415  (optional row; see backbones)
-        ends = efficientnet_lite.stage_ends(backbone_name)
+        ends = efficientnet_lite.stage_ends(backbone_name.removeprefix("efficientnet_"))
         return tuple(ends[i] for i in _LITE_STAGES) + (LAST,)
     raise ValueError(f"--feature_layers=multi: no preset for backbone {backbone_name!r}; "
                      f"name the layers (comma-separated, 'last' for the output)")

@@ -13,7 +13,7 @@ from model import backbones, classifier, rundir
 SHARED_MNV2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "weights",
                            "mobilenet_v2_1.0_imagenet_no_top.weights.h5")
 REQUIRED = ("xception", "inception_v3", "mobilenet_v2", "efficientnet_v2_s", "resnet50",
-            "convnext_tiny")
+            "convnext_tiny", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def test_registry_rows():
@@ -21,11 +21,14 @@ def test_registry_rows():
         assert name in backbones.BACKBONES
     for name, bb in backbones.BACKBONES.items():
         assert bb.min_size <= bb.default_size, name
-        assert bb.preprocess in ("tf", "caffe", "torch", "in-model"), name
+        assert bb.preprocess in ("tf", "caffe", "torch", "lite", "in-model"), name
         assert callable(bb.build_fn()) and callable(bb.preprocess_fn()), name
     assert backbones.BACKBONES["xception"].min_size == 71
     assert backbones.BACKBONES["inception_v3"].min_size == 75
     assert backbones.BACKBONES["efficientnet_v2_s"].default_size == 384
+    assert backbones.BACKBONES["efficientnet_lite2"].default_size == 260
+    assert not backbones.BACKBONES["tiny"].has_imagenet
+    assert all(bb.has_imagenet for n, bb in backbones.BACKBONES.items() if n != "tiny")
 
 
 def test_bad_backbone_and_size_name_the_flag():

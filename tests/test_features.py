@@ -24,6 +24,8 @@ def test_parse_spec():
     assert features.parse_spec(None, "tiny") == ()
     assert features.parse_spec("multi", "mobilenet_v2") == (
         "block_10_project_BN", "block_13_project_BN", "block_16_project_BN", "last")
+    assert features.parse_spec("multi", "efficientnet_lite2") == (
+        "block10_out", "block14_out", "block19_out", "last")   # the 88-, 120-, 208-wide stages
     assert features.parse_spec(" a, b ,last", "tiny") == ("a", "b", "last")
     with pytest.raises(ValueError, match="named twice"):
         features.parse_spec("a,a", "tiny")
