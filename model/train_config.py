@@ -59,7 +59,9 @@ class TrainConfig:
     image_size: int = _flag(0, "Training size, pixels (0: the backbone's default; >= its "
                                "minimum).")
     batch_size: int = _flag(32, "GLOBAL batch size (split across replicas).")
-    epochs: int = _flag(20, "Total epochs (head warmup + fine-tuning).")
+    epochs: int = _flag(20, "Total epochs (head warmup + fine-tuning). 0 with "
+                            "--head_init=logistic: no gradient step, the fitted probe on the "
+                            "frozen backbone is the model.")
     warmup_epochs: int = _flag(2, "Stage 1 epochs: the head only, backbone frozen.")
     fine_tune_fraction: float = _flag(0.3, "Stage 2: top fraction of backbone layers "
                                            "unfrozen (1.0 = all, 0 = head only for every "
@@ -210,7 +212,9 @@ class TrainConfig:
             (self.head_init in head_init.CHOICES,
              f"--head_init={self.head_init}: one of {', '.join(head_init.CHOICES)}"),
             (self.batch_size >= 1, f"--batch_size={self.batch_size}: must be >= 1"),
-            (self.epochs >= 1, f"--epochs={self.epochs}: must be >= 1"),
+            (self.epochs >= 1 or (self.epochs == 0 and self.head_init == "logistic"),
+             f"--epochs={self.epochs}: must be >= 1, or 0 with --head_init=logistic (the "
+             f"fitted probe is the model)"),
             (self.warmup_epochs >= 0, f"--warmup_epochs={self.warmup_epochs}: must be >= 0"),
             (0.0 <= self.fine_tune_fraction <= 1.0,
              f"--fine_tune_fraction={self.fine_tune_fraction}: must be in [0, 1]"),
@@ -242,7 +246,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        last_stage = self.stages()[-1]
+        last_stage = (self.stages() or [("none", 0, 0)])[-1]
         if self.swa_epochs > last_stage[2] - last_stage[1]:
             raise ValueError(f"--swa_epochs={self.swa_epochs}: the last stage "
                              f"({last_stage[0]}) has only {last_stage[2] - last_stage[1]} "

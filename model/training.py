@@ -189,6 +189,19 @@ def run_stages(model: keras.Model, cfg: TrainConfig, strategy, train_ds, val_ds,
     return StagesOutcome(stopped_early, terminated_nan)
 
 
+def keep_probe(model: keras.Model, cfg: TrainConfig, run_dir: str, head_info: dict
+               ) -> StagesOutcome:
+    """``--epochs=0``: keep ``model`` as it stands (the logistic probe in its head) as
+    ``best.keras``, with ``best.json`` recording the probe's exact validation AUC as the
+    kept value (epoch -1: before any epoch) and an empty ``history.csv``."""
+    rundir.save_model(model, os.path.join(run_dir, rundir.BEST_MODEL))
+    rundir.write_json(os.path.join(run_dir, rundir.BEST_JSON), {
+        "epoch": -1, "value": float(head_info["val_auc"]), "monitor": cfg.metric_key("auc"),
+        "logs": {}, "probe": True})
+    fileio.write_text(os.path.join(run_dir, rundir.HISTORY_CSV), "epoch\n")
+    return StagesOutcome(False, False)
+
+
 # ======================================================================= the result
 def predict_split(model, cfg: TrainConfig, spec, image_size: int) -> dict[str, np.ndarray]:
     """``{"y", "p", "patient_id"}`` of every record of ``spec`` (evaluation order), through
@@ -372,10 +385,14 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
         grid = None
         if not resumed and cfg.image_grid > 0 and cached is None:
             grid = train_data.sample_images(cfg, splits.train_spec, image_size)
-        outcome = run_stages(model, cfg, strategy, train_ds, val_ds, splits, run_dir=d,
-                             logs_dir=logs_dir, fit_model=fit_model, backup_root=backup_root,
-                             grid_images=grid, profile_batch=cfg.profile_batch or 0,
-                             extra_callbacks=callbacks or (), clock=clock)
+        if cfg.stages():
+            outcome = run_stages(model, cfg, strategy, train_ds, val_ds, splits, run_dir=d,
+                                 logs_dir=logs_dir, fit_model=fit_model,
+                                 backup_root=backup_root, grid_images=grid,
+                                 profile_batch=cfg.profile_batch or 0,
+                                 extra_callbacks=callbacks or (), clock=clock)
+        else:                   # --epochs=0: the fitted probe is the model
+            outcome = keep_probe(model, cfg, d, head_info)
     run = finish_run(cfg, d, splits, strategy=strategy, policy=policy, outcome=outcome,
                      resumed=resumed, head_info=head_info,
                      cache_info=cached.info if cached is not None else None,

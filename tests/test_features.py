@@ -1,6 +1,7 @@
 """Multi-depth features (--feature_layers): the spec, the classifier's graph and its saved
 form, the standardisation fitted by fundus-train, the cached prefix and the logistic head
 on them, and fundus-probe's repeated patient CV."""
+import dataclasses
 import json
 import os
 
@@ -135,3 +136,25 @@ def test_probe_repeated_cv_finds_a_signal(tiny_data):
     noise = probe.FeatureSet(rng.normal(size=(fs.y.size, 20)), fs.y, fs.patient, fs.eye,
                              fs.filename, 0.0)
     assert probe.repeated_cv(noise, k=3, seeds=(0,), n_boot=200)["per_image"]["mean"] < 0.7
+
+
+def test_epochs_0_keeps_the_probe_as_the_model(tiny_fold_data, tmp_path):
+    """--epochs=0 --head_init=logistic: no gradient step; each fold's kept model is the
+    fitted probe (its validation AUC recorded exactly), and a CV of such folds completes
+    with its summary and plots."""
+    cfg = train_config.TrainConfig(
+        data=tiny_fold_data, model_dir=str(tmp_path / "cv"), backbone="tiny",
+        weights="none", image_size=32, batch_size=8, epochs=0, warmup_epochs=0,
+        feature_layers="multi", head_init="logistic", head_init_c=0.1, image_grid=0,
+        verbose=0)
+    summary = training.train_cv(cfg, 3)
+    assert len(summary["folds"]) == 3
+    for i in range(3):
+        run = json.load(open(tmp_path / "cv" / f"fold_{i}" / "run.json"))
+        assert run["epochs_run"] == 0 and run["stages"] == []
+        assert run["best"]["value"] == pytest.approx(run["head_init"]["val_auc"])
+        assert run["val"]["auc"] == pytest.approx(run["head_init"]["val_auc"], abs=1e-6)
+    assert os.path.exists(tmp_path / "cv" / "cv.json")
+    with pytest.raises(train_config.ConfigError, match="--epochs=0.*--head_init=logistic"):
+        training.train(dataclasses.replace(cfg, head_init="random",
+                                           model_dir=str(tmp_path / "x")))
