@@ -215,7 +215,7 @@ def repeated_cv(fs: FeatureSet, *, k: int = 5, seeds: Sequence[int] = (0, 1, 2),
     "auc", "ci", "patient_auc", "patient_ci"}], "images", "patients", "features", "c",
     "k", "seeds", "oof_predictions": {seed: p [N]}}``."""
     x, y = fs.x.astype(np.float64), fs.y.astype(np.float64)
-    img, pat, oof, preds = [], [], [], {}
+    preds = {}
     for seed in seeds:
         folds = patient_folds(fs.patient, y, k, seed)
         p = np.full(y.shape, np.nan)
@@ -223,21 +223,52 @@ def repeated_cv(fs: FeatureSet, *, k: int = 5, seeds: Sequence[int] = (0, 1, 2),
             va = folds == f
             fit = head_init_lib.fit_logistic(x[~va], y[~va], c)
             p[va] = 1.0 / (1.0 + np.exp(-(x[va] @ fit["kernel"] + fit["bias"])))
+        preds[int(seed)] = p
+    return {**scores(y, fs.patient, preds, k, n_boot), "features": int(x.shape[1]), "c": c,
+            "oof_predictions": preds}
+
+
+def scores(y: np.ndarray, patient: np.ndarray, preds: dict[int, np.ndarray], k: int,
+           n_boot: int = 2000) -> dict:
+    """The figures of :func:`repeated_cv` for given out-of-fold probabilities ``preds``
+    (fold seed -> p [N]) of eyes ``y``/``patient``: per-fold AUCs of each seed's
+    :func:`patient_folds`, mean ± sd, pooled out-of-fold AUCs with intervals."""
+    img, pat, oof = [], [], []
+    for seed, p in preds.items():
+        folds = patient_folds(patient, y, k, seed)
+        for f in range(k):
+            va = folds == f
             img.append(_auc(y[va], p[va]))
-            pat.append(_auc(y[va], p[va], fs.patient[va]))
-        yp, pp = metrics_lib.per_patient(y, p, fs.patient)
+            pat.append(_auc(y[va], p[va], patient[va]))
+        yp, pp = metrics_lib.per_patient(y, p, patient)
         oof.append({"seed": int(seed), "auc": metrics_lib.roc_auc(y, p),
-                    "ci": list(metrics_lib.bootstrap_auc_ci(y, p, fs.patient, n=n_boot)),
+                    "ci": list(metrics_lib.bootstrap_auc_ci(y, p, patient, n=n_boot)),
                     "patient_auc": metrics_lib.roc_auc(yp, pp),
                     "patient_ci": list(metrics_lib.patient_bootstrap_ci(
-                        yp, pp, metrics_lib.patient_ids(fs.patient), n=n_boot))})
-        preds[int(seed)] = p
+                        yp, pp, metrics_lib.patient_ids(patient), n=n_boot))})
     summary = lambda v: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)),  # noqa: E731
                          "folds": [float(a) for a in v]}
     return {"per_image": summary(img), "per_patient": summary(pat), "oof": oof,
-            "images": int(y.size), "patients": int(np.unique(fs.patient).size),
-            "features": int(x.shape[1]), "c": c, "k": k, "seeds": [int(s) for s in seeds],
-            "oof_predictions": preds}
+            "images": int(y.size), "patients": int(np.unique(patient).size), "k": k,
+            "seeds": [int(s) for s in preds]}
+
+
+def average_oof(frames: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, list[int]]:
+    """Average the ``p_seed<S>`` columns of several probes' ``oof.csv`` frames (the same
+    eyes, checked by ``file``): an ensemble of probes, each eye scored by models that
+    never saw its patient. Returns ``(frame, seeds)``."""
+    first = frames[0].sort_values("file").reset_index(drop=True)
+    seeds = sorted(int(c[len("p_seed"):]) for c in first.columns if c.startswith("p_seed"))
+    out = first[["file", "patient", "eye", "label"]].copy()
+    for s in seeds:
+        cols = []
+        for fr in frames:
+            fr = fr.sort_values("file").reset_index(drop=True)
+            if not fr["file"].equals(first["file"]) or f"p_seed{s}" not in fr:
+                raise ValueError("--ensemble: the probes cover different eyes or fold seeds")
+            cols.append(fr[f"p_seed{s}"].to_numpy(np.float64))
+        out[f"p_seed{s}"] = np.mean(cols, axis=0)
+    return out, seeds
 
 
 def format_result(result: dict) -> str:
@@ -249,4 +280,6 @@ def format_result(result: dict) -> str:
             f"out-of-fold (seed {o['seed']}) {o['auc']:.3f} [{o['ci'][0]:.3f}, "
             f"{o['ci'][1]:.3f}] per image, {o['patient_auc']:.3f} [{o['patient_ci'][0]:.3f}, "
             f"{o['patient_ci'][1]:.3f}] per patient; {result['images']} eyes, "
-            f"{result['patients']} patients, {result['features']} features, C={result['c']:g}")
+            f"{result['patients']} patients"
+            + (f", {result['features']} features, C={result['c']:g}" if "c" in result
+               else f", mean of {len(result.get('members', []))} probes"))

@@ -7,6 +7,7 @@ import os
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from model import augment, classifier, features, io as model_io, prefix_cache, probe, train_config
@@ -132,6 +133,23 @@ def test_probe_repeated_cv_finds_a_signal(tiny_data):
     folds = probe.patient_folds(fs.patient, fs.y, 3, 0)
     for pid in np.unique(fs.patient):
         assert len(set(folds[fs.patient == pid])) == 1
+    # an ensemble of two probes' out-of-fold predictions is their mean, scored alike
+    a = planted_result = result
+    frames = [pd.DataFrame({"file": fs.filename, "patient": fs.patient, "eye": fs.eye,
+                            "label": fs.y, **{f"p_seed{s}": p * w for s, p in
+                                              a["oof_predictions"].items()}})
+              for w in (1.0, 0.5)]
+    mean, seeds = probe.average_oof([frames[0], frames[1].iloc[::-1]])
+    assert seeds == [0, 1]
+    np.testing.assert_allclose(mean.set_index("file").loc[fs.filename, "p_seed1"],
+                               a["oof_predictions"][1] * 0.75)
+    again = probe.scores(mean["label"].to_numpy(), mean["patient"].to_numpy(),
+                         {s: mean[f"p_seed{s}"].to_numpy() for s in seeds}, 3, n_boot=50)
+    for x, y in zip(again["oof"], planted_result["oof"]):   # 0.75 p ranks eyes as p does
+        assert x["auc"] == pytest.approx(y["auc"]) and x["patient_auc"] == \
+            pytest.approx(y["patient_auc"])
+    with pytest.raises(ValueError, match="different eyes"):
+        probe.average_oof([frames[0], frames[1].iloc[1:]])
     # noise alone: no signal claimed
     noise = probe.FeatureSet(rng.normal(size=(fs.y.size, 20)), fs.y, fs.patient, fs.eye,
                              fs.filename, 0.0)

@@ -6,7 +6,10 @@
         --output=RUNS/probe_mnv2_512
 
 Several ``--backbones`` concatenate their features (each computed once and cached in
-``--cache_dir``). Reads the normal eyes of the train and val splits only (never test).
+``--cache_dir``). ``--ensemble=OUT1,OUT2,...`` instead averages earlier probes'
+out-of-fold probabilities (their ``oof.csv``: the same eyes and fold seeds) and scores
+the average the same way: an ensemble of probes, each eye scored only by models that never
+saw its patient. Reads the normal eyes of the train and val splits only (never test).
 Writes ``probe.json`` (per-fold AUCs, mean ± sd, pooled out-of-fold AUCs with patient-
 bootstrap intervals, wall times) and ``oof.csv`` (out-of-fold probabilities per eye and
 fold seed) into ``--output``; prints one summary line. See :mod:`model.probe`.
@@ -22,6 +25,7 @@ from tools import _common  # noqa: F401  (quiet TF logs first)
 import os
 import time
 
+import numpy as np
 import pandas as pd
 from absl import app, flags
 
@@ -43,15 +47,21 @@ flags.DEFINE_float("c", 1e-3, "Inverse L2 strength of the logistic regression (s
 flags.DEFINE_bool("mirror_right", True, "Mirror right eyes so every eye looks like a left one.")
 flags.DEFINE_string("cache_dir", None, "Keep computed features here (.npz per backbone spec).")
 flags.DEFINE_string("output", None, "Output dir for probe.json and oof.csv.")
+flags.DEFINE_list("ensemble", [], "Earlier probe --output dirs whose out-of-fold "
+                  "probabilities are averaged and scored (no features computed).")
 flags.DEFINE_bool("progress", True, "Progress lines on stderr (--noprogress: none).")
-flags.mark_flags_as_required(["data", "output"])
+flags.mark_flags_as_required(["output"])
 
 
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     t0 = time.time()
+    if FLAGS.ensemble:
+        return _ensemble(t0)
     with _common.checking_inputs():
+        if not FLAGS.data:
+            raise ValueError("--data is required (or --ensemble=DIR,... of earlier probes)")
         if FLAGS.c <= 0:
             raise ValueError(f"--c={FLAGS.c}: must be > 0")
         try:
@@ -87,6 +97,35 @@ def main(argv: list[str]) -> int:
     fileio.write_text(os.path.join(FLAGS.output, "oof.csv"), frame.to_csv(index=False))
     print(f"fundus-probe {'+'.join(result['backbones'])}: {probe_lib.format_result(result)}; "
           f"{result['wall_seconds']:.0f} s", flush=True)
+    return 0
+
+
+def _ensemble(t0: float) -> int:
+    """``--ensemble``: the mean of earlier probes' out-of-fold probabilities, scored."""
+    with _common.checking_inputs():
+        frames = []
+        for d in FLAGS.ensemble:
+            path = os.path.join(d, "oof.csv")
+            if not os.path.exists(path):
+                raise ValueError(f"--ensemble: {path} does not exist (a fundus-probe "
+                                 f"--output dir holds it)")
+            frames.append(pd.read_csv(path))
+        frame, seeds = probe_lib.average_oof(frames)
+        ks = {fileio.read_json(os.path.join(d, "probe.json"), {}).get("k") for d in
+              FLAGS.ensemble}
+        if len(ks) != 1 or None in ks:
+            raise ValueError(f"--ensemble: the probes used different --folds ({ks})")
+    y = frame["label"].to_numpy(np.float64)
+    patient = frame["patient"].astype(str).to_numpy()
+    result = probe_lib.scores(y, patient, {s: frame[f"p_seed{s}"].to_numpy() for s in seeds},
+                              ks.pop())
+    result.update(members=[os.path.abspath(d) for d in FLAGS.ensemble],
+                  wall_seconds=round(time.time() - t0, 1))
+    os.makedirs(FLAGS.output, exist_ok=True)
+    fileio.write_json(os.path.join(FLAGS.output, "probe.json"), result)
+    fileio.write_text(os.path.join(FLAGS.output, "oof.csv"), frame.to_csv(index=False))
+    print(f"fundus-probe ensemble of {len(frames)}: {probe_lib.format_result(result)}",
+          flush=True)
     return 0
 
 
