@@ -3,6 +3,7 @@
 Graph (functional Keras model, saved as ``.keras``)::
 
     image uint8 [B, S, S, 3]
+      -> (--orient=disc_left: model.orient.DiscLeft "orient", the disc mirrored to the left)
       -> augmentation block (model.augment: random only with training=True; holds
          the optional Gaussian local-contrast normalisation, applied always)
       -> BackbonePreprocess (the backbone's own preprocess_input, float32)
@@ -29,6 +30,7 @@ import keras
 from model import augment as augment_lib
 from model import backbones as backbones_lib
 from model import features as features_lib
+from model import orient as orient_lib
 
 BACKBONE_LAYER = "backbone"
 SEX_OUTPUT = "sex"
@@ -55,6 +57,7 @@ class ClassifierConfig:
         random backbone has no statistics worth keeping and must learn them).
       feature_layers: backbone layers whose pooled outputs form the head's input
         (:func:`model.features.parse_spec` output); ``()`` = the last layer only.
+      orient: ``none`` or ``disc_left`` (:mod:`model.orient`, first layer of the model).
     """
 
     backbone: str = "mobilenet_v2"
@@ -66,6 +69,7 @@ class ClassifierConfig:
     seed: int | None = None
     freeze_bn_statistics: bool | None = None
     feature_layers: tuple[str, ...] = ()
+    orient: str = "none"
 
     def bn_frozen(self) -> bool:
         if self.freeze_bn_statistics is not None:
@@ -102,8 +106,12 @@ def build_classifier(cfg: ClassifierConfig) -> keras.Model:
     if multi:
         backbone = features_lib.multi_output(backbone, cfg.feature_layers)
 
+    if cfg.orient not in orient_lib.CHOICES:
+        raise ValueError(f"--orient={cfg.orient}: one of {', '.join(orient_lib.CHOICES)}")
     inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = inputs
+    if cfg.orient == "disc_left":
+        x = orient_lib.DiscLeft(name="orient")(x)
     for layer in _augmentation(cfg):
         x = layer(x)
     x = backbones_lib.BackbonePreprocess(cfg.backbone, name="preprocess")(x)

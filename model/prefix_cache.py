@@ -111,15 +111,14 @@ def split_backbone(model: keras.Model, cut: str) -> tuple[keras.Model, keras.Mod
 
 
 def build_encoder(model: keras.Model, prefix: keras.Model) -> keras.Model:
-    """uint8 ``[B, S, S, 3]`` -> prefix activations: the classifier's augmentation block
-    (inference mode: only its local-contrast normalisation acts), its preprocessing, the
-    prefix in inference mode."""
+    """uint8 ``[B, S, S, 3]`` -> prefix activations: the classifier's orientation layer
+    (``--orient``) and augmentation block (inference mode: only its local-contrast
+    normalisation acts), its preprocessing, the prefix in inference mode."""
     s = model.input.shape[1:]
     x = inp = keras.Input(s, dtype="uint8", name="image")
-    try:
-        x = model.get_layer("augmentation")(x, training=False)
-    except ValueError:
-        pass
+    for name in ("orient", "augmentation"):     # the ones the classifier has, in its order
+        if name in [l.name for l in model.layers]:
+            x = model.get_layer(name)(x, training=False)
     x = model.get_layer("preprocess")(x)
     x = backbones.FrozenStatistics(prefix, frozen=True, name="prefix")(x)
     return keras.Model(inp, x, name="encoder")

@@ -4,8 +4,9 @@ The cheapest honest measure of what a backbone's ImageNet features know about se
 fundus photo, and the way to rank backbones, resolutions and feature layers before paying
 for a fine-tune (``fundus-probe``)::
 
-    normal eyes of the non-test splits (uint8 [S, S, 3]; right eyes mirrored to look like
-    left eyes when asked)
+    normal eyes of the non-test splits (uint8 [S, S, 3]; ORIENT: "eye" mirrors the
+    recorded right eyes to look like left eyes, "disc_left" mirrors by the model's own
+    disc finder (model.orient, as --orient=disc_left in fundus-train), "none" neither)
       -> per backbone spec NAME@SIZE: preprocess -> frozen backbone (inference mode)
          -> pooled outputs of --feature_layers (model.features), concatenated  [N, D_i]
       -> specs concatenated                                                       [N, D]
@@ -17,7 +18,7 @@ Reported (:func:`repeated_cv`): per-fold AUC per image and per patient (mean of 
 probabilities), mean and sd over every fold of every seed; per seed the pooled
 out-of-fold AUC with its patient-bootstrap 95 % interval. The test split is never read.
 
-Features are computed once per (data, backbone, size, weights, layers, mirroring) and kept
+Features are computed once per (data, backbone, size, weights, layers, orientation) and kept
 in ``cache_dir`` as ``.npz`` (:func:`extract`), so a concatenation of two backbones or
 another C costs only the regression.
 """
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from model import backbones, features
+from model import backbones, features, orient as orient_lib
 from model import head_init as head_init_lib
 from model import metrics as metrics_lib
 from pipeline import fileio, reader, splits as splits_lib
@@ -43,6 +44,7 @@ from pipeline import manifest as manifest_lib
 from pipeline import progress as progress_lib
 
 SPLITS = ("train", "val")       # the probe never reads test
+ORIENTS = ("eye", "disc_left", "none")
 BATCH = 16
 
 
@@ -95,13 +97,15 @@ def check_data(data_dir: str) -> int:
     return n
 
 
-def feature_model(spec: FeatureSpec) -> keras.Model:
-    """uint8 ``[B, S, S, 3]`` -> float32 ``[B, D]``: the backbone's preprocessing, the
-    frozen backbone and the pooled, concatenated outputs of ``spec.layers``."""
+def feature_model(spec: FeatureSpec, disc_left: bool = False) -> keras.Model:
+    """uint8 ``[B, S, S, 3]`` -> float32 ``[B, D]``: (``disc_left``: the
+    :class:`model.orient.DiscLeft` layer,) the backbone's preprocessing, the frozen
+    backbone and the pooled, concatenated outputs of ``spec.layers``."""
     bb = backbones.build_backbone(spec.backbone, spec.image_size, spec.weights)
     multi = features.multi_output(bb, spec.layers)
     inp = keras.Input((spec.image_size, spec.image_size, 3), dtype="uint8", name="image")
-    x = backbones.BackbonePreprocess(spec.backbone, name="preprocess")(inp)
+    x = orient_lib.DiscLeft(name="orient")(inp) if disc_left else inp
+    x = backbones.BackbonePreprocess(spec.backbone, name="preprocess")(x)
     maps = multi(x, training=False)
     maps = maps if isinstance(maps, (list, tuple)) else [maps]
     vecs = [keras.ops.mean(keras.ops.cast(m, "float32"), axis=(1, 2)) for m in maps]
@@ -126,30 +130,33 @@ def _text(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values)]
 
 
-def cache_key(spec: FeatureSpec, data_dir: str, mirror_right: bool) -> str:
+def cache_key(spec: FeatureSpec, data_dir: str, orient: str) -> str:
     """A short hash of everything the features depend on."""
     weights = spec.weights
     if weights not in ("imagenet", "none"):
         weights = f"{os.path.abspath(weights)}:{os.path.getsize(weights)}"
     blob = json.dumps({"sha": manifest_lib.manifest_sha256(data_dir), "spec": [
-        spec.backbone, spec.image_size, weights, list(spec.layers)], "mirror": mirror_right,
+        spec.backbone, spec.image_size, weights, list(spec.layers)],
+        "mirror": orient == "eye", **({"orient": orient} if orient != "eye" else {}),
         "splits": SPLITS}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def extract(spec: FeatureSpec, data_dir: str, *, mirror_right: bool = True,
+def extract(spec: FeatureSpec, data_dir: str, *, orient: str = "eye",
             cache_dir: str | None = None, show_progress: bool = True) -> FeatureSet:
     """Features of every normal eye of :data:`SPLITS` (see the module docstring); read
     from / written to ``cache_dir/<backbone>_<size>_<key>.npz`` when given."""
     path = None
     if cache_dir:
         path = os.path.join(cache_dir, f"{spec.backbone}_{spec.image_size}_"
-                                       f"{cache_key(spec, data_dir, mirror_right)}.npz")
+                                       f"{cache_key(spec, data_dir, orient)}.npz")
         if os.path.exists(path):
             with np.load(path, allow_pickle=False) as z:
                 return FeatureSet(z["x"], z["y"], z["patient"], z["eye"], z["filename"], 0.0)
+    if orient not in ORIENTS:
+        raise ValueError(f"--orient={orient}: one of {', '.join(ORIENTS)}")
     t0 = time.time()
-    model = feature_model(spec)
+    model = feature_model(spec, disc_left=orient == "disc_left")
     run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     cfg = reader.ReadConfig(image_size=spec.image_size, batch_size=BATCH, with_meta=True,
                             normal_only=True, cache_budget_gb=0.0)
@@ -159,7 +166,7 @@ def extract(spec: FeatureSpec, data_dir: str, *, mirror_right: bool = True,
                                 enabled=show_progress)
     xs, ys, pats, eyes, files = [], [], [], [], []
     for images, labels, meta in ds:
-        if mirror_right:
+        if orient == "eye":
             right = tf.equal(meta["eye"], b"right")
             images = tf.where(right[:, None, None, None], tf.reverse(images, axis=[2]), images)
         xs.append(np.asarray(run(images), np.float32))

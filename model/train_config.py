@@ -17,7 +17,7 @@ from typing import Any
 
 from absl import flags
 
-from model import augment, backbones, distribute, features, head_init, precision
+from model import augment, backbones, distribute, features, head_init, orient, precision
 from model import prefix_cache
 from model import io as model_io
 from pipeline import manifest as manifest_lib
@@ -127,6 +127,10 @@ class TrainConfig:
                            head_init.CHOICES)
     head_init_c: float = _flag(1e-3, "--head_init=logistic: inverse L2 strength C "
                                      "(scikit-learn convention; smaller is stronger).")
+    orient: str = _flag("none", "disc_left: the model's first layer mirrors each photo so "
+                                "its optic disc (the brightest spot) is on the left, as in a "
+                                "left eye (model/orient.py); refuses --augment_flip, which "
+                                "would undo it.", orient.CHOICES)
     feature_layers: str = _flag("", "Multi-depth features: backbone layers whose pooled "
                                     "outputs, concatenated and standardised, feed the head: "
                                     "'multi' (the backbone's preset), a comma list of layer "
@@ -209,6 +213,11 @@ class TrainConfig:
             (self.select in SELECTS, f"--select={self.select}: one of {', '.join(SELECTS)}"),
             (self.tta in model_io.TTAS,
              f"--tta={self.tta}: one of {', '.join(model_io.TTAS)}"),
+            (self.orient in orient.CHOICES,
+             f"--orient={self.orient}: one of {', '.join(orient.CHOICES)}"),
+            (self.orient == "none" or not self.augment_config().flip,
+             f"--orient={self.orient} with --augment_flip: the random flip undoes the "
+             f"orientation; pass --noaugment_flip"),
             (self.head_init in head_init.CHOICES,
              f"--head_init={self.head_init}: one of {', '.join(head_init.CHOICES)}"),
             (self.batch_size >= 1, f"--batch_size={self.batch_size}: must be >= 1"),

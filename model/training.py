@@ -62,7 +62,8 @@ def classifier_config(cfg: TrainConfig) -> classifier.ClassifierConfig:
         backbone=cfg.backbone, image_size=cfg.input_size(), weights=cfg.weights,
         dropout=cfg.dropout, augment=cfg.augment_config(),
         age_loss_weight=cfg.age_loss_weight, seed=cfg.seed,
-        feature_layers=features.parse_spec(cfg.feature_layers, cfg.backbone))
+        feature_layers=features.parse_spec(cfg.feature_layers, cfg.backbone),
+        orient=cfg.orient)
 
 
 def compile_model(model: keras.Model, cfg: TrainConfig, optimizer) -> None:

@@ -44,7 +44,9 @@ flags.DEFINE_integer("folds", 5, "Patient-grouped folds per repetition.", lower_
 flags.DEFINE_list("fold_seeds", ["0", "1", "2"], "One CV repetition per seed.")
 flags.DEFINE_float("c", 1e-3, "Inverse L2 strength of the logistic regression (scikit-learn "
                    "convention, on standardised features; smaller = stronger).")
-flags.DEFINE_bool("mirror_right", True, "Mirror right eyes so every eye looks like a left one.")
+flags.DEFINE_enum("orient", "eye", ["eye", "disc_left", "none"], "eye: mirror the recorded "
+                  "right eyes to look like left eyes; disc_left: mirror by the model's own "
+                  "disc finder (fundus-train --orient=disc_left); none.")
 flags.DEFINE_string("cache_dir", None, "Keep computed features here (.npz per backbone spec).")
 flags.DEFINE_string("output", None, "Output dir for probe.json and oof.csv.")
 flags.DEFINE_list("ensemble", [], "Earlier probe --output dirs whose out-of-fold "
@@ -79,7 +81,7 @@ def main(argv: list[str]) -> int:
     sets, timing = [], {}
     for spec in specs:
         with _common.checking_inputs():     # bad weights / layers surface at build time
-            fs = probe_lib.extract(spec, FLAGS.data, mirror_right=FLAGS.mirror_right,
+            fs = probe_lib.extract(spec, FLAGS.data, orient=FLAGS.orient,
                                    cache_dir=FLAGS.cache_dir, show_progress=FLAGS.progress)
         timing[spec.label] = fs.seconds
         sets.append(fs)
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> int:
     preds = result.pop("oof_predictions")
     result.update(backbones=[s.label for s in specs],
                   feature_layers={s.label: list(s.layers) for s in specs},
-                  mirror_right=FLAGS.mirror_right, data=os.path.abspath(FLAGS.data),
+                  orient=FLAGS.orient, data=os.path.abspath(FLAGS.data),
                   extract_seconds=timing, wall_seconds=round(time.time() - t0, 1))
     os.makedirs(FLAGS.output, exist_ok=True)
     fileio.write_json(os.path.join(FLAGS.output, "probe.json"), result)
