@@ -157,6 +157,10 @@ def test_check_space_validates_every_corner(tiny_data):
                                          "fundus-tune trials do not apply"):
         hm.check_space(dataclasses.replace(base, cache_frozen_prefix=True, select="last",
                                            patience=0, swa_epochs=2), space)
+    with pytest.raises(ValueError, match="--strategy=multi_worker.*chief/worker"):
+        hm.check_space(dataclasses.replace(base, strategy="multi_worker"), space)
+    with pytest.raises(ValueError, match="--feature_layers=multi"):
+        hm.check_space(dataclasses.replace(base, feature_layers="multi"), space)
 
 
 def test_summary_rows_sorted_by_val_auc_failed_last():

@@ -10,6 +10,10 @@
     fundus-train --data=DATA5 --model_dir=RUNS/cv/fold_2 --val_fold=2     # machine 3
     fundus-train --data=DATA5 --model_dir=RUNS/cv --cv=5 --collect      # cv.json, cv.png
 
+    # one model over several machines (TF_CONFIG on each; --model_dir on a shared disk):
+    TF_CONFIG='{"cluster": {"worker": ["vm1:2222", "vm2:2222"]}, "task": {"type": "worker",
+        "index": 0}}' fundus-train --strategy=multi_worker --data=DATA --model_dir=SHARED/run
+
 Killed and restarted with the same flags, it resumes from the last finished epoch. The
 model dir holds best.keras, saved_model/, history.csv/json, run.json and logs/
 (``tensorboard --logdir RUNS``). See :mod:`model.training`; the flags are
@@ -18,13 +22,23 @@ model dir holds best.keras, saved_model/, history.csv/json, run.json and logs/
 stops it with the last finished epoch's state kept in ``backup/``: the same command
 resumes from there.
 
+With ``--strategy=multi_worker`` (:mod:`model.multiworker`) every task runs the same
+command; the chief (TF_CONFIG's chief, else worker 0) holds the lock and writes the model
+dir, the other tasks write nothing there. Start-up waits at most
+``--multi_worker_timeout_s`` for every task; a task that dies later ends the others
+(exit 1); restarting all of them with the same command resumes.
+
 Exit status: 0 trained; 2 bad flags or inputs (the message names the flag and the fix:
 e.g. a shard missing or not the size its manifest records, or a --model_dir another run
 holds, named with its pid; with --collect, a fold dir missing or unfinished, or trained
-with other flags or data than the others: the message names the dirs and the flags); 1 a
-failure during training (a damaged record met while reading: the message names the
-shard; a full disk); 130 interrupted by Ctrl-C (resumable: rerun the same command). After
-a 1 or 130 the model dir keeps ``backup/``.
+with other flags or data than the others: the message names the dirs and the flags; with
+--strategy=multi_worker, TF_CONFIG unset, not JSON or without this task, a flag the
+multi-worker loop does not support, or tasks that disagree on the data or the resume
+point); 1 a failure during training (a damaged record met while reading: the message
+names the shard; a full disk; a multi-worker task not answering within
+--multi_worker_timeout_s at start-up, or stopping during the run); 130 interrupted by
+Ctrl-C (resumable: rerun the same command). After a 1 or 130 the model dir keeps
+``backup/``.
 """
 from __future__ import annotations
 
@@ -33,10 +47,12 @@ from tools import _common  # noqa: F401  (quiet TF logs first)
 import os
 import signal
 import sys
+from typing import Sequence
 
 from absl import app, flags
 
-from model import augment, callbacks, cv_summary, rundir, train_config, training
+from model import augment, callbacks, cv_summary, distribute, multiworker, rundir
+from model import train_config, training
 from pipeline import fileio, integrity
 from pipeline import lock as lock_lib
 
@@ -50,6 +66,10 @@ flags.DEFINE_bool("collect", False, "With --cv=K: train nothing; write cv.json, 
                   "by its own --val_fold=i --model_dir=model_dir/fold_i job (e.g. one per "
                   "machine). Refuses a missing or unfinished fold and folds trained with "
                   "different flags or data.")
+flags.DEFINE_integer("multi_worker_timeout_s", 300, "--strategy=multi_worker: seconds to "
+                     "wait at start-up for every task of TF_CONFIG to answer; past it the "
+                     "job ends with exit 1 (TensorFlow itself would wait for ever).",
+                     lower_bound=1)
 
 
 #: Exit status of a run stopped by Ctrl-C (128 + SIGINT, the shell's convention).
@@ -64,6 +84,10 @@ def main(argv: list[str]) -> int:
         cfg.validate()
         if FLAGS.collect and not FLAGS.cv:
             raise app.UsageError("--collect needs --cv=K: the number of folds to collect")
+        cluster = None
+        if cfg.strategy == "multi_worker" and not FLAGS.collect:   # --collect trains nothing
+            cluster = distribute.cluster_from_env()       # TF_CONFIG: bad is exit 2
+            multiworker.check_supported(cfg, cluster, FLAGS.cv)
     # ConfigError (the --cv checks, the data vs the flags) and LockedError (another run
     # holds --model_dir) are bad input: exit 2
     # Ctrl-C: stop at the end of the running batch (callbacks.StopOnRequest), keeping the
@@ -72,6 +96,9 @@ def main(argv: list[str]) -> int:
         say=lambda text: print(f"fundus-train: {text}", file=sys.stderr, flush=True))
     previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.request())
     try:
+        if cluster is not None:
+            _train_multi_worker(cfg, cluster, [stop])
+            return 0
         with lock_lib.DirLock(cfg.model_dir, "fundus-train", "--model_dir"):
             if FLAGS.collect:
                 print(training.format_cv(cv_summary.collect_cv(cfg, FLAGS.cv)), flush=True)
@@ -80,6 +107,8 @@ def main(argv: list[str]) -> int:
                 print(training.format_cv(summary), flush=True)
             else:
                 training.train(cfg, callbacks=[stop])
+    except (multiworker.PeerLost, distribute.ClusterUnreachable) as e:   # exit 1
+        raise _common.RunError(str(e)) from e
     except integrity.DataError as e:       # a damaged record met while training
         raise _common.RunError(f"{e}; --model_dir={cfg.model_dir} {_kept(cfg.model_dir)}: "
                                f"rerun the same command once the data is repaired") from e
@@ -99,6 +128,23 @@ def main(argv: list[str]) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _train_multi_worker(cfg: train_config.TrainConfig, cluster: distribute.Cluster,
+                        extra: Sequence) -> None:
+    """--strategy=multi_worker: connect to every task (the strategy first, before
+    anything starts TensorFlow's runtime; exit 1 when one does not answer within
+    --multi_worker_timeout_s), then train; only the chief locks and writes
+    --model_dir."""
+    def connect():
+        with _common.checking_inputs():      # a port taken, clusters that differ: exit 2
+            return distribute.connect_multi_worker(FLAGS.multi_worker_timeout_s)
+
+    if not cluster.is_chief:
+        multiworker.train(cfg, cluster, connect(), callbacks=extra)
+        return
+    with lock_lib.DirLock(cfg.model_dir, "fundus-train", "--model_dir"):
+        multiworker.train(cfg, cluster, connect(), callbacks=extra)
 
 
 def _kept(model_dir: str) -> str:

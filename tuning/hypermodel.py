@@ -132,6 +132,11 @@ _TRIAL_DEFAULTS = {"cache_frozen_prefix": False, "prefix_cache_dir": None,
 def check_trial_flags(cfg: TrainConfig, where: str = "") -> None:
     """Raise ValueError naming the ``fundus-train`` flags set in ``cfg`` that a sweep's
     trials do not apply (:data:`_TRIAL_DEFAULTS`)."""
+    if cfg.strategy == "multi_worker":
+        raise ValueError(f"{where + ': ' if where else ''}--strategy=multi_worker: fundus-tune "
+                         f"trials train with Keras fit, which fails under "
+                         f"MultiWorkerMirroredStrategy (Keras 3); spread trials over VMs with "
+                         f"the tuner's chief/worker roles, each worker with --strategy=mirrored")
     bad = [f"--{k}={getattr(cfg, k)}" for k, v in _TRIAL_DEFAULTS.items()
            if getattr(cfg, k) != v]
     if bad:
