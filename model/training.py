@@ -401,7 +401,9 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     shutil.rmtree(backup_root, ignore_errors=True)
     if cfg.verbose:
         val = run["val"]
-        print(f"[fundus-train] {cfg.select} epoch {run['best']['epoch']}: validation AUC "
+        kept = (f"{cfg.select} epoch {run['best']['epoch']}" if cfg.stages()
+                else "the logistic probe (--epochs=0)")
+        print(f"[fundus-train] {kept}: validation AUC "
               f"{val['auc']:.4f} per image, {val['patient_auc']:.4f} per "
               f"patient (majority accuracy {splits.majorities[1]:.3f}); model "
               f"{d}/{rundir.BEST_MODEL}; TensorBoard: tensorboard --logdir "
@@ -419,13 +421,14 @@ def train_cv(cfg: TrainConfig, k: int, callbacks: Sequence | None = None) -> dic
     ``callbacks``: extra Keras callbacks of every fold (as :func:`train`'s)."""
     cv_summary.check_cv(cfg, k)
     os.makedirs(cfg.model_dir, exist_ok=True)
-    clock = progress.RunClock(k * cfg.epochs)   # the whole CV, in epochs
+    per_fold = max(cfg.epochs, 1)               # --epochs=0: the clock counts folds
+    clock = progress.RunClock(k * per_fold)     # the whole CV, in epochs
     for i in range(k):
         fold_dir = cv_summary.fold_dir(cfg.model_dir, i)
         if not rundir.read_run_record(fold_dir) or cfg.overwrite:
             if cfg.verbose:
                 print(f"[fundus-train] fold {i + 1}/{k} (fold_{i}): "
-                      f"{clock.status(i * cfg.epochs)}", flush=True)
+                      f"{clock.status(i * per_fold)}", flush=True)
             train(dataclasses.replace(cfg, model_dir=fold_dir, val_fold=i),
                   callbacks=callbacks,
                   clock=(clock, float(i * cfg.epochs)))  # stage lines report the CV

@@ -27,10 +27,13 @@ def test_gpu_recipe_builds_and_trains_one_epoch_with_random_weights(tiny_data, t
     assert os.path.exists(tmp_path / "run" / "best.keras")
 
 
-def test_cpu_recipe_flags_are_valid(tiny_data, tmp_path):
-    """Every flag of the CPU recipe is known to fundus-train (a typo fails at parse time);
-    the data here has no folds, so --cv=5 is refused with a message naming --cv."""
-    out = _train(["--flagfile=configs/odir_cpu.flags", f"--data={tiny_data}",
+@pytest.mark.parametrize("member", ["odir_cpu", "odir_cpu_lite0", "odir_cpu_lite1",
+                                    "odir_cpu_lite2"])
+def test_cpu_recipe_flags_are_valid(tiny_data, tmp_path, member):
+    """Every flag of each CPU recipe member is known to fundus-train (a typo fails at parse
+    time; the members nest configs/odir_cpu.flags); the data here has no folds, so --cv=5
+    is refused with a message naming --cv."""
+    out = _train([f"--flagfile=configs/{member}.flags", f"--data={tiny_data}",
                   f"--model_dir={tmp_path / 'run'}", "--weights=none"], tmp_path)
     assert out.returncode == 2                     # bad input
     assert "--cv=5" in out.stderr and "Unknown command line flag" not in out.stderr
