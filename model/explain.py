@@ -9,6 +9,11 @@ p >= 0.5) Grad-CAM weights each channel by the spatial mean of d logit / d featu
 (the logit's sign flipped for female), sums, keeps the positive part, upsamples
 bilinearly to the image and scales each map to [0, 1] by its maximum. An ensemble's map
 is the mean of its members' maps.
+
+With multi-depth features (``--feature_layers``) the backbone has several outputs; the
+head is split off all of them and the map is taken on the deepest (the last listed). With
+``--orient=disc_left`` the model sees mirrored photos; their maps are mirrored back so
+they overlay the photo as given.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from model import eval_figures, evaluation, prediction
+from model import eval_figures, evaluation, orient, prediction
 from model import io as model_io
 from pipeline import fileio, reader, schema
 from pipeline import progress as progress_lib
@@ -34,13 +39,17 @@ EPS = 1e-7
 JOB = "fundus-explain"   # the progress lines' label
 
 
-def _outer_output(layer):
-    """The symbolic output of ``layer``'s (first) call in its parent graph."""
+def _outer_outputs(layer) -> list:
+    """The symbolic outputs of ``layer``'s (first) call in its parent graph."""
     nodes = getattr(layer, "_inbound_nodes", None) or []
-    if nodes:
-        outs = nodes[0].output_tensors
-        return outs[0] if isinstance(outs, (list, tuple)) else outs
-    return layer.output
+    outs = nodes[0].output_tensors if nodes else layer.output
+    return list(outs) if isinstance(outs, (list, tuple)) else [outs]
+
+
+def _outer_output(layer):
+    """The (last) symbolic output of ``layer``'s first call: the deepest feature map of a
+    multi-output backbone."""
+    return _outer_outputs(layer)[-1]
 
 
 def feature_layer(model):
@@ -65,9 +74,9 @@ def feature_layer(model):
 def split_model(model):
     """``(features_model, head_model, layer_name)`` split at :func:`feature_layer`."""
     layer = feature_layer(model)
-    feat = _outer_output(layer)
-    return (keras.Model(model.inputs[0], feat, name="gradcam_features"),
-            keras.Model(feat, model.outputs[0], name="gradcam_head"), layer.name)
+    feats = _outer_outputs(layer) if layer.name == BACKBONE_LAYER else [_outer_output(layer)]
+    return (keras.Model(model.inputs[0], feats, name="gradcam_features"),
+            keras.Model(feats, model.outputs[0], name="gradcam_head"), layer.name)
 
 
 def grad_cam(model, images: np.ndarray, batch_size: int = 16
@@ -79,23 +88,29 @@ def grad_cam(model, images: np.ndarray, batch_size: int = 16
     """
     feat_model, head, name = split_model(model)
     size = images.shape[1:3]
+    mirrored = "orient" in [layer.name for layer in model.layers]
 
     @tf.function(reduce_retracing=True)
     def one_batch(x):
-        f = feat_model(x, training=False)
+        fs = feat_model(x, training=False)
+        fs = list(fs) if isinstance(fs, (list, tuple)) else [fs]
         with tf.GradientTape() as tape:
-            tape.watch(f)
-            p = tf.reshape(tf.cast(head(f, training=False), tf.float32), [-1])
+            tape.watch(fs[-1])
+            out = head(fs if len(fs) > 1 else fs[0], training=False)
+            p = tf.reshape(tf.cast(out, tf.float32), [-1])
             q = tf.clip_by_value(p, EPS, 1.0 - EPS)
             logit = tf.math.log(q) - tf.math.log1p(-q)
             target = tf.where(p >= 0.5, logit, -logit)
-        g = tf.cast(tape.gradient(target, f), tf.float32)
-        f = tf.cast(f, tf.float32)
+        g = tf.cast(tape.gradient(target, fs[-1]), tf.float32)
+        f = tf.cast(fs[-1], tf.float32)
         w = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(w * f, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
         peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
         cam = tf.math.divide_no_nan(cam, peak)
+        if mirrored:                     # back to the photo's own frame
+            cam = tf.where(orient.disc_on_right(x)[:, None, None],
+                           tf.reverse(cam, axis=[2]), cam)
         return cam, p
 
     maps, probs = [], []

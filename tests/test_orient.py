@@ -55,3 +55,19 @@ def test_train_config_refuses_orient_with_flip(tiny_data, tmp_path):
         training.train(train_config.TrainConfig(
             data=tiny_data, model_dir=str(tmp_path / "m"), backbone="tiny", weights="none",
             image_size=32, orient="disc_left"))
+
+
+def test_grad_cam_of_an_oriented_multi_depth_model_overlays_the_photo():
+    """Grad-CAM splits the head off every backbone output and maps the deepest; with the
+    orientation layer, a photo's map is its mirror image's map mirrored (the model sees
+    the same input), so each overlays its own photo."""
+    from model import explain
+    model = classifier.build_classifier(classifier.ClassifierConfig(
+        backbone="tiny", image_size=64, weights="none", orient="disc_left",
+        feature_layers=("block2_relu1", "last"), seed=0))
+    img = _photos()[:1]
+    maps, probs, name = explain.grad_cam(model, np.concatenate([img, img[:, :, ::-1]]))
+    assert name == "backbone" and maps.shape == (2, 64, 64)
+    assert 0.0 <= maps.min() and maps.max() <= 1.0
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
+    np.testing.assert_allclose(maps[0], maps[1, :, ::-1], atol=1e-5)
