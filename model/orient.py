@@ -24,25 +24,28 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 CHOICES = ("none", "disc_left")
 MASK_RADIUS = 0.42        # fraction of the image side
 CELLS = 32                # pooling cells per side
 
 
-def disc_on_right(images) -> "keras.KerasTensor":
-    """bool ``[B]``: the brightest masked cell of each image lies right of the centre."""
-    x = keras.ops.mean(keras.ops.cast(images, "float32"), axis=-1)      # [B, S, S]
+def disc_on_right(images) -> tf.Tensor:
+    """bool ``[B]``: the brightest masked cell of each image lies right of the centre.
+    Plain TensorFlow ops of TFLite's builtin set (Keras' argmax and casts bring bitwise
+    ops TFLite lacks)."""
+    x = tf.reduce_mean(tf.cast(images, tf.float32), axis=-1)             # [B, S, S]
     size = int(images.shape[1])
     yy, xx = np.mgrid[0:size, 0:size]
     mask = (np.hypot(yy - (size - 1) / 2, xx - (size - 1) / 2) / size < MASK_RADIUS)
-    x = x * keras.ops.convert_to_tensor(mask.astype(np.float32))
+    x = x * tf.constant(mask.astype(np.float32))
     cell = max(1, size // CELLS)
-    pooled = keras.ops.average_pool(x[..., None], cell, cell, padding="valid")[..., 0]
+    pooled = tf.nn.avg_pool2d(x[..., None], cell, cell, padding="VALID")[..., 0]
     width = int(pooled.shape[2])
-    flat = keras.ops.reshape(pooled, (-1, int(pooled.shape[1]) * width))
-    column = keras.ops.mod(keras.ops.argmax(flat, axis=-1), width)
-    return keras.ops.cast(column, "float32") + 0.5 > width / 2
+    # the brightest cell's column = the column of the largest column maximum
+    column = tf.argmax(tf.reduce_max(pooled, axis=1), axis=-1, output_type=tf.int32)
+    return tf.cast(column, tf.float32) + 0.5 > width / 2
 
 
 @keras.saving.register_keras_serializable(package="fundus")
@@ -55,9 +58,12 @@ class DiscLeft(keras.layers.Layer):
         super().__init__(**kwargs)
 
     def call(self, inputs):
-        right = disc_on_right(inputs)
-        return keras.ops.where(right[:, None, None, None], keras.ops.flip(inputs, axis=2),
-                               inputs)
+        # x + m (mirror(x) - x) with m in {0, 1}: exact for 0..255 values, and only ops
+        # that TFLite's builtin set has (no select on uint8)
+        m = tf.cast(disc_on_right(inputs), tf.float32)[:, None, None, None]
+        x = tf.cast(inputs, tf.float32)
+        out = x + m * (tf.reverse(x, axis=[2]) - x)
+        return tf.cast(out, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
