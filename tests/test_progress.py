@@ -110,11 +110,11 @@ def test_evaluate_prints_member_progress_and_noprogress_silences_it(tiny_fold_da
     base = [f"--data={tiny_fold_data}", f"--model={ens}", "--bootstrap=0"]
     r = _evaluate([*base, f"--output={tmp_path / 'a'}"])
     assert r.returncode == 0, r.stderr[-2000:]
-    # the test split read once for the 3 models, then each member on its own fold
+    # the test split read once for the 3 models, then each fold by its model(s)
     assert re.search(r"^fundus-evaluate test, 3 models, 64 px \[#+\] 16/16 images, ",
                      r.stderr, re.M), r.stderr[-2000:]
     for k in range(3):
-        assert re.search(rf"^fundus-evaluate member {k + 1}/3 train\+val\[fold in {k}\], "
+        assert re.search(rf"^fundus-evaluate fold {k} \({k + 1}/3\) train\+val\[fold in {k}\], "
                          rf"fold_{k}, 64 px \[#+\] \d+/\d+ images", r.stderr, re.M)
     assert "AUC" in r.stdout and "fundus-evaluate" not in r.stdout
     r = _evaluate([*base, f"--output={tmp_path / 'b'}", "--noprogress"])
