@@ -16,9 +16,10 @@ the fine-tune stage unfreezes, snapped DOWN until ``keras.Model(cut, backbone.ou
 builds, i.e. the suffix depends on that single tensor only (MobileNetV2: ``block_12_add``
 feeds ``block_13_expand``). With multi-depth features (``--feature_layers``) every feature
 layer must lie above the cut, so the snap goes below the lowest of them (MobileNetV2's
-``multi`` preset: below ``block_10_project_BN``, i.e. ``block_9_add``); the tail then runs
-the frozen blocks between the cut and the unfrozen top every epoch. Because the tail shares the classifier's layers, training the
-tail trains the classifier, and ``best.keras`` / ``saved_model`` are the full uint8 model.
+``multi`` preset: ``block_10_project``, just below ``block_10_project_BN``); the tail then
+runs the frozen blocks between the cut and the unfrozen top every epoch. Because the tail
+shares the classifier's layers, training the tail trains the classifier, and
+``best.keras`` / ``saved_model`` are the full uint8 model.
 
 Augmentation: only the horizontal flip survives caching. With ``flip`` on, the mirrored
 image's activations are cached too (twice the memory and prefix time) and every training

@@ -253,11 +253,15 @@ def scores(y: np.ndarray, patient: np.ndarray, preds: dict[int, np.ndarray], k: 
                     "patient_auc": metrics_lib.roc_auc(yp, pp),
                     "patient_ci": list(metrics_lib.patient_bootstrap_ci(
                         yp, pp, metrics_lib.patient_ids(patient), n=n_boot))})
-    summary = lambda v: {"mean": float(np.nanmean(v)), "sd": float(np.nanstd(v, ddof=1)),  # noqa: E731
-                         "folds": [float(a) for a in v]}
-    return {"per_image": summary(img), "per_patient": summary(pat), "oof": oof,
+    return {"per_image": _summary(img), "per_patient": _summary(pat), "oof": oof,
             "images": int(y.size), "patients": int(np.unique(patient).size), "k": k,
             "seeds": [int(s) for s in preds]}
+
+
+def _summary(values: Sequence[float]) -> dict:
+    """Mean, sd (n - 1) and the values themselves of per-fold AUCs (NaN folds skipped)."""
+    return {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)),
+            "folds": [float(a) for a in values]}
 
 
 def average_oof(frames: Sequence[pd.DataFrame]) -> tuple[pd.DataFrame, list[int]]:
