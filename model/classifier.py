@@ -10,15 +10,18 @@ Graph (functional Keras model, saved as ``.keras``)::
       -> FrozenStatistics(backbone)   # called with training=False: BN statistics frozen
       -> GlobalAveragePooling2D "pool" -> Dropout
       -> Dense(1, sigmoid, float32) named "sex"           probability in [0, 1], [B, 1]
+      (+ Dense(1, float32) named "age" when age_loss_weight > 0: age in years, [B, 1])
 
 With multi-depth features (``feature_layers``, see :mod:`model.features`) the backbone
 has one output per named layer, each pooled ("pool_<i>"), concatenated ("features") and
 standardised ("standardize", statistics of the training images) before the dropout.
-      (+ Dense(1, float32) named "age" when age_loss_weight > 0: age in years, [B, 1])
 
 Without the age head the model has one output (a tensor); with it, a dict
 ``{"sex": ..., "age": ...}``. Loading a saved model needs the custom layers registered:
-import :mod:`model.backbones` and :mod:`model.augment` first (``model.io`` does).
+import :mod:`model.backbones`, :mod:`model.augment`, :mod:`model.features` and
+:mod:`model.orient` first (importing this module or ``model.io`` does). With
+``orient="disc_left"`` the flip TTA changes nothing: the layer mirrors the flipped photo
+back.
 """
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ def _own_fold_frames(members: Sequence[model_io.Member], folds: Sequence[int], d
 def check_fold_members(members: Sequence[model_io.Member], folds: Sequence[int]) -> None:
     """Out-of-fold predictions of an ensemble need every fold predicted by the same number
     of models (one per recipe) and no model twice; ValueError naming them otherwise."""
-    paths = [m.path for m in members]
+    paths = [os.path.realpath(m.path) for m in members]
     twice = sorted({p for p in paths if paths.count(p) > 1})
     if twice:
         raise ValueError(f"--split=oof: {', '.join(twice)} given twice (several models "
@@ -235,8 +235,8 @@ def out_of_fold_predictions(members: Sequence[model_io.Member], data_dir: str, *
     CV's pooled out-of-fold prediction; for several CV runs on the same data (a diverse
     ensemble) each fold's models are averaged, as the ensemble would predict an eye none
     of its members trained on. Raises ValueError naming the member without a
-    fold, a fold the data lacks, or a fold given twice. ``progress``: one progress line
-    per member on stderr."""
+    fold, a fold the data lacks, a model given twice, or folds with different numbers of
+    models. ``progress``: one progress line per fold on stderr."""
     k = int(manifest_lib.load(data_dir).get("folds") or 0)
     folds = [rundir.val_fold(m.run_info) for m in members]
     for m, f in zip(members, folds):

@@ -11,7 +11,8 @@ bilinearly to the image and scales each map to [0, 1] by its maximum. An ensembl
 is the mean of its members' maps.
 
 With multi-depth features (``--feature_layers``) the backbone has several outputs; the
-head is split off all of them and the map is taken on the deepest (the last listed). With
+head is split off all of them and the map is taken on the deepest (the smallest spatial
+size; of equal sizes the last listed). With
 ``--orient=disc_left`` the model sees mirrored photos; their maps are mirrored back so
 they overlay the photo as given.
 """
@@ -89,20 +90,22 @@ def grad_cam(model, images: np.ndarray, batch_size: int = 16
     feat_model, head, name = split_model(model)
     size = images.shape[1:3]
     mirrored = "orient" in [layer.name for layer in model.layers]
+    areas = [int(t.shape[1] or 0) * int(t.shape[2] or 0) for t in feat_model.outputs]
+    deepest = min(range(len(areas)), key=lambda i: (areas[i], -i))
 
     @tf.function(reduce_retracing=True)
     def one_batch(x):
         fs = feat_model(x, training=False)
         fs = list(fs) if isinstance(fs, (list, tuple)) else [fs]
         with tf.GradientTape() as tape:
-            tape.watch(fs[-1])
+            tape.watch(fs[deepest])
             out = head(fs if len(fs) > 1 else fs[0], training=False)
             p = tf.reshape(tf.cast(out, tf.float32), [-1])
             q = tf.clip_by_value(p, EPS, 1.0 - EPS)
             logit = tf.math.log(q) - tf.math.log1p(-q)
             target = tf.where(p >= 0.5, logit, -logit)
-        g = tf.cast(tape.gradient(target, fs[-1]), tf.float32)
-        f = tf.cast(fs[-1], tf.float32)
+        g = tf.cast(tape.gradient(target, fs[deepest]), tf.float32)
+        f = tf.cast(fs[deepest], tf.float32)
         w = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(w * f, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, size, method="bilinear")[..., 0]

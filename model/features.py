@@ -11,8 +11,8 @@ concatenates them::
 
 ``--feature_layers`` names the layers (:func:`parse_spec`): empty = the last layer only
 (the classic classifier, no standardisation), ``multi`` = the backbone's preset
-(:func:`preset`: the last block of each of the three stages below the head, plus the last
-layer), or a comma list of layer names of the ``include_top=False`` backbone, ``last``
+(:func:`preset`: one late block of each of the three stages below the head, plus the last
+layer; see the table), or a comma list of layer names of the ``include_top=False`` backbone, ``last``
 meaning its output. Presets (measured in ``docs/experiments.md``):
 
 =====================  ==============================================================

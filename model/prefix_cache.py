@@ -334,6 +334,7 @@ def _memo_key(cfg, data_dir: str, cut: str, image_size: int, splits) -> str:
     return json.dumps({"data": data_dir, "sha": manifest_lib.manifest_sha256(data_dir),
                        "backbone": cfg.backbone, "weights": cfg.weights, "seed": cfg.seed,
                        "size": image_size, "cut": cut, "augment": aug,
+                       "orient": getattr(cfg, "orient", "none"),
                        "precision": cfg.precision, "splits": sorted(splits)},
                       sort_keys=True, default=str)
 

@@ -82,18 +82,27 @@ def parse_specs(text: Sequence[str], weights: dict[str, str], layers: str
         out.append(FeatureSpec(name, px, weights.get(name, "imagenet"), layer_names))
     if not out:
         raise ValueError("--backbones: name at least one NAME@SIZE")
+    unused = sorted(set(weights) - {s.backbone for s in out})
+    if unused:
+        raise ValueError(f"--weights: {', '.join(unused)} is not among --backbones "
+                         f"({', '.join(s.backbone for s in out)})")
     return out
 
 
-def check_data(data_dir: str) -> int:
+def check_data(data_dir: str, folds: int = 2) -> int:
     """Normal eyes of :data:`SPLITS` in ``data_dir``; a ValueError naming ``--data`` when
-    there is no manifest or no such eye."""
+    there is no manifest or no such eye, ``--folds`` when there are fewer patients."""
     if not os.path.exists(manifest_lib.manifest_path(data_dir)):
         raise ValueError(f"--data={data_dir}: no manifest.json there; point --data at a "
                          f"fundus-convert output directory")
     n = reader.count_records(data_dir, list(SPLITS), normal_only=True)
     if n == 0:
         raise ValueError(f"--data={data_dir}: no normal eyes in {'+'.join(SPLITS)}")
+    patients = sum(int(v.get("patients", 0)) for k, v in
+                   manifest_lib.load(data_dir).get("splits", {}).items() if k in SPLITS)
+    if patients and patients < folds:
+        raise ValueError(f"--folds={folds}: {data_dir} has only {patients} patients in "
+                         f"{'+'.join(SPLITS)}")
     return n
 
 

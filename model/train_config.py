@@ -224,6 +224,9 @@ class TrainConfig:
             (self.epochs >= 1 or (self.epochs == 0 and self.head_init == "logistic"),
              f"--epochs={self.epochs}: must be >= 1, or 0 with --head_init=logistic (the "
              f"fitted probe is the model)"),
+            (self.epochs > 0 or self.age_loss_weight == 0,
+             f"--epochs=0 with --age_loss_weight={self.age_loss_weight}: only the sex head is "
+             f"fitted by the probe; pass --age_loss_weight=0"),
             (self.warmup_epochs >= 0, f"--warmup_epochs={self.warmup_epochs}: must be >= 0"),
             (0.0 <= self.fine_tune_fraction <= 1.0,
              f"--fine_tune_fraction={self.fine_tune_fraction}: must be in [0, 1]"),

@@ -176,3 +176,18 @@ def test_epochs_0_keeps_the_probe_as_the_model(tiny_fold_data, tmp_path):
     with pytest.raises(train_config.ConfigError, match="--epochs=0.*--head_init=logistic"):
         training.train(dataclasses.replace(cfg, head_init="random",
                                            model_dir=str(tmp_path / "x")))
+
+
+def test_review_guards(tiny_data, tmp_path):
+    """The cached-prefix key includes the orientation; --epochs=0 refuses the age head;
+    fundus-probe refuses weights for a backbone it does not probe."""
+    base = train_config.TrainConfig(data=tiny_data, model_dir=str(tmp_path / "m"),
+                                    backbone="tiny", weights="none", image_size=32)
+    keys = {prefix_cache._memo_key(dataclasses.replace(base, orient=o), tiny_data, "c", 32,
+                                   ("train",)) for o in ("none", "disc_left")}
+    assert len(keys) == 2
+    with pytest.raises(ValueError, match="--epochs=0 with --age_loss_weight"):
+        dataclasses.replace(base, epochs=0, head_init="logistic", age_loss_weight=0.1,
+                            augment=None).validate()
+    with pytest.raises(ValueError, match="--weights: mobilenetv2 is not among"):
+        probe.parse_specs(["tiny@32"], {"mobilenetv2": "x"}, "multi")

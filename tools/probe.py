@@ -70,6 +70,8 @@ def main(argv: list[str]) -> int:
             seeds = [int(s) for s in FLAGS.fold_seeds]
         except ValueError:
             raise ValueError(f"--fold_seeds={','.join(FLAGS.fold_seeds)}: integers") from None
+        if not seeds:
+            raise ValueError("--fold_seeds: give at least one seed, e.g. 0,1,2")
         weights = {}
         for item in FLAGS.weights:
             name, eq, value = item.partition("=")
@@ -77,7 +79,7 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"--weights={item}: expected NAME=imagenet|none|PATH")
             weights[name] = value
         specs = probe_lib.parse_specs(FLAGS.backbones, weights, FLAGS.feature_layers)
-        probe_lib.check_data(FLAGS.data)
+        probe_lib.check_data(FLAGS.data, FLAGS.folds)
     sets, timing = [], {}
     for spec in specs:
         with _common.checking_inputs():     # bad weights / layers surface at build time
@@ -105,13 +107,17 @@ def main(argv: list[str]) -> int:
 def _ensemble(t0: float) -> int:
     """``--ensemble``: the mean of earlier probes' out-of-fold probabilities, scored."""
     with _common.checking_inputs():
+        real = [os.path.realpath(d) for d in FLAGS.ensemble]
+        if len(set(real)) != len(real):
+            raise ValueError(f"--ensemble: a probe is given twice ({','.join(FLAGS.ensemble)})")
         frames = []
         for d in FLAGS.ensemble:
             path = os.path.join(d, "oof.csv")
             if not os.path.exists(path):
                 raise ValueError(f"--ensemble: {path} does not exist (a fundus-probe "
                                  f"--output dir holds it)")
-            frames.append(pd.read_csv(path))
+            frames.append(pd.read_csv(path, dtype={"patient": str, "file": str,
+                                                   "eye": str}))
         frame, seeds = probe_lib.average_oof(frames)
         ks = {fileio.read_json(os.path.join(d, "probe.json"), {}).get("k") for d in
               FLAGS.ensemble}
