@@ -28,7 +28,7 @@ def test_gpu_recipe_builds_and_trains_one_epoch_with_random_weights(tiny_data, t
 
 
 @pytest.mark.parametrize("member", ["odir_cpu", "odir_cpu_lite0", "odir_cpu_lite1",
-                                    "odir_cpu_lite2"])
+                                    "odir_cpu_lite2", "odir_gpu_lite2"])
 def test_cpu_recipe_flags_are_valid(tiny_data, tmp_path, member):
     """Every flag of each CPU recipe member is known to fundus-train (a typo fails at parse
     time; the members nest configs/odir_cpu.flags); the data here has no folds, so --cv=5
