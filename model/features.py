@@ -35,9 +35,8 @@ from typing import Iterable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from model import efficientnet_lite
+from model import efficientnet_lite, head_init
 
 LAST = "last"          # the backbone's output in a --feature_layers list
 MULTI = "multi"        # the backbone's preset
@@ -156,22 +155,11 @@ def pooled(maps: Sequence, multi: bool):
     return Standardize(name=STANDARDIZE)(x)
 
 
-def batch_features(model: keras.Model, batches: Iterable) -> np.ndarray:
-    """float64 ``[N, D]`` outputs of ``model`` (inference mode) over ``batches`` whose
-    first element is the input."""
-    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    xs = [np.asarray(run(b[0] if isinstance(b, (tuple, list)) else b), np.float64)
-          for b in batches]
-    if not xs:
-        raise ValueError("no batches to compute features from")
-    return np.concatenate(xs)
-
-
 def fit_standardize(model: keras.Model, inputs_model: keras.Model, batches: Iterable
                     ) -> dict:
     """Set ``model``'s :class:`Standardize` statistics from the features that
     ``inputs_model`` (its input -> the standardiser's input) gives on ``batches`` (the
     training images, no augmentation). Returns ``{"features", "images"}``."""
-    x = batch_features(inputs_model, batches)
+    x, _ = head_init.pooled_features(inputs_model, batches)
     model.get_layer(STANDARDIZE).set_statistics(x.mean(axis=0), x.std(axis=0))
     return {"features": int(x.shape[1]), "images": int(x.shape[0])}

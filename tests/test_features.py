@@ -61,7 +61,8 @@ def test_standardize_statistics_survive_saving(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     raw = keras.Model(model.input, model.get_layer("features").output)
-    info = features.fit_standardize(model, raw, [(images[:4],), (images[4:],)])
+    labels = np.zeros((4,), np.float32)
+    info = features.fit_standardize(model, raw, [(images[:4], labels), (images[4:], labels)])
     assert info == {"features": 160, "images": 8}
     z = keras.Model(model.input, model.get_layer("standardize").output)(images).numpy()
     varying = raw(images).numpy().std(axis=0) > 1e-4
