@@ -161,5 +161,16 @@ def fit_standardize(model: keras.Model, inputs_model: keras.Model, batches: Iter
     ``inputs_model`` (its input -> the standardiser's input) gives on ``batches`` (the
     training images, no augmentation). Returns ``{"features", "images"}``."""
     x, _ = head_init.pooled_features(inputs_model, batches)
-    model.get_layer(STANDARDIZE).set_statistics(x.mean(axis=0), x.std(axis=0))
+    standardize_array(model, x)
     return {"features": int(x.shape[1]), "images": int(x.shape[0])}
+
+
+def standardize_array(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Set ``model``'s :class:`Standardize` statistics from raw features ``x`` [N, D]
+    (the training images) and return ``x`` standardised with them (float64), as the
+    layer will compute it: callers that also need the standardised features (the
+    logistic head) then read the images once."""
+    layer = model.get_layer(STANDARDIZE)
+    layer.set_statistics(x.mean(axis=0), x.std(axis=0))
+    mean, sd = (w.astype(np.float64) for w in layer.get_weights())
+    return (x - mean) / sd

@@ -77,13 +77,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float,
 
 def init_head(features: keras.Model, head: keras.layers.Dense, train_batches: Iterable,
               val_batches: Iterable | None, c: float,
-              class_weights: tuple[float, float] | None) -> dict:
+              class_weights: tuple[float, float] | None,
+              train_xy: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fit the probe on ``train_batches`` features and write it into ``head`` (a
     ``Dense(1)`` on the pooled features). ``class_weights``: ``(female, male)`` sample
     weights or None. Returns what ``run.json`` records: the probe's ROC AUC on the
-    training and (when given) validation features, ``c``, feature count, seconds."""
+    training and (when given) validation features, ``c``, feature count, seconds.
+    ``train_xy``: the training features and labels already computed (``train_batches``
+    is then not read)."""
     t0 = time.time()
-    x, y = pooled_features(features, train_batches)
+    x, y = train_xy if train_xy is not None else pooled_features(features, train_batches)
     s = None if class_weights is None else np.where(y > 0.5, class_weights[1],
                                                      class_weights[0])
     fit = fit_logistic(x, y, c, s)

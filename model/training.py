@@ -368,17 +368,22 @@ def train(cfg: TrainConfig, callbacks: Sequence | None = None,
     head_info = None
     # a damaged record met while training: DataError naming the shard (backup/ is kept)
     with integrity.reading(cfg.data, read):
+        train_xy = None      # the standardised training features, read once for both
         if classifier.raw_features_name(model) and not done:
             raw, tr_batches, _ = train_data.probe_inputs(cfg, model, cached, splits,
                                                          image_size, raw=True)
-            head_info = {"standardize": features.fit_standardize(model, raw, tr_batches)}
+            x_raw, y = head_init_lib.pooled_features(raw, tr_batches)
+            train_xy = (features.standardize_array(model, x_raw), y)
+            head_info = {"standardize": {"features": int(x_raw.shape[1]),
+                                         "images": int(x_raw.shape[0])}}
         if cfg.head_init == "logistic" and not done:
             probe, tr_batches, va_batches = train_data.probe_inputs(
                 cfg, model, cached, splits, image_size)
             head_info = {**(head_info or {}), **head_init_lib.init_head(
                 probe, model.get_layer(classifier.SEX_OUTPUT), tr_batches, va_batches,
                 cfg.head_init_c,
-                splits.train.class_weights() if cfg.class_weights else None)}
+                splits.train.class_weights() if cfg.class_weights else None,
+                train_xy=train_xy)}
             if cfg.verbose:
                 print(f"[fundus-train] head from a logistic probe (C={cfg.head_init_c:g}): "
                       f"AUC {head_info['train_auc']:.4f} train, {head_info['val_auc']:.4f} "
